@@ -1,0 +1,1 @@
+"""Siamese networks in JAX/Flax: verification, one-shot classification and retrieval."""
