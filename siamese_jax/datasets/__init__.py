@@ -1,0 +1,36 @@
+"""Datasets: each module turns a config's `data` block into named `ImageSet` splits.
+
+Every dataset module exposes `load_splits(data_config) -> dict[str, ImageSet]` with at least
+'train' and 'validation'; extra keys are test sets. Raw archives are found in `data.manual_dir`,
+or under `$SIAMESE_JAX_DATA/<dataset>` when that is empty.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from siamese_jax.datasets.image_set import ImageSet
+from siamese_jax.errors import UserError
+
+DATA_ENV = 'SIAMESE_JAX_DATA'
+_MODULES = ('omniglot', 'mnist', 'malaria', 'cifar100')
+
+
+def manual_dir(data_config, dataset: str) -> str | None:
+  """The folder holding the raw archives: the config's, else $SIAMESE_JAX_DATA/<dataset>, else None."""
+  if data_config.get('manual_dir'):
+    return os.path.expanduser(data_config.manual_dir)
+  root = os.environ.get(DATA_ENV)
+  return os.path.join(root, dataset) if root else None
+
+
+def load_splits(data_config) -> dict[str, ImageSet]:
+  """Loads the splits named by `data_config.name`."""
+  if data_config.name not in _MODULES:
+    raise UserError(f'unknown dataset {data_config.name!r}; choose one of {", ".join(_MODULES)}')
+  module = importlib.import_module(f'siamese_jax.datasets.{data_config.name}')
+  return module.load_splits(data_config)
+
+
+__all__ = ['ImageSet', 'DATA_ENV', 'load_splits', 'manual_dir']
