@@ -1,0 +1,159 @@
+"""Losses for Siamese training: pair losses on head outputs and triplet losses with online mining.
+
+Each loss is a pure, jit-able function that returns the scalar mean over its batch. They differ
+in what they consume, which decides how batches are built:
+
+- 'bce': `binary_cross_entropy(logits, labels)`, one logit per pair (a learned similarity head).
+- 'contrastive': `contrastive(distances, labels, margin)`, one embedding distance per pair.
+- 'triplet': `triplet(embeddings, labels, margin, mining)`, a batch of labelled embeddings [B, D]
+  from which triplets are mined online.
+
+Pair labels are 1 for a same-class pair and 0 otherwise throughout.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from siamese_jax.errors import UserError
+
+MINING = ('batch_all', 'batch_hard', 'semi_hard')
+
+
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+  """sqrt whose gradient is 0 rather than inf/NaN where x is 0 (identical embeddings)."""
+  positive = x > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
+  # Full float32 precision: the |x|^2 - 2xy + |y|^2 expansion cancels badly at reduced precision.
+  return jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def _finish(squared_distances: jax.Array, squared: bool) -> jax.Array:
+  squared_distances = jnp.maximum(squared_distances, 0.0)  # Rounding can push the expansion below 0.
+  return squared_distances if squared else _safe_sqrt(squared_distances)
+
+
+def cross_distances(x: jax.Array, y: jax.Array, squared: bool = False) -> jax.Array:
+  """Euclidean distances [M, N] between the rows of x [M, D] and y [N, D], safe to differentiate."""
+  d2 = jnp.sum(x * x, -1)[:, None] - 2.0 * _gram(x, y) + jnp.sum(y * y, -1)[None, :]
+  return _finish(d2, squared)
+
+
+def pairwise_distances(embeddings: jax.Array, squared: bool = False) -> jax.Array:
+  """Euclidean distances [B, B] between all rows of embeddings [B, D], exactly 0 on the diagonal.
+
+  Norms are read off the Gram matrix's diagonal so that identical rows cancel exactly, and the
+  square root is safe at 0, so gradients stay finite when embeddings collapse.
+  """
+  gram = _gram(embeddings, embeddings)
+  norms = jnp.diagonal(gram)
+  d2 = norms[:, None] - 2.0 * gram + norms[None, :]
+  d2 = jnp.where(jnp.eye(len(embeddings), dtype=bool), 0.0, d2)
+  return _finish(d2, squared)
+
+
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean sigmoid cross-entropy of pair logits [B] against pair labels [B] (1 = same class)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
+
+
+def contrastive(distances: jax.Array, labels: jax.Array, margin: float) -> jax.Array:
+  """Mean contrastive loss (Hadsell, Chopra & LeCun 2006) of pair distances [B].
+
+  Per pair: y * D^2 + (1 - y) * max(0, margin - D)^2, pulling same-class pairs together and
+  pushing different-class pairs at least `margin` apart.
+
+  Label convention: y = 1 for a similar (same-class) pair, 0 for a dissimilar one, matching the
+  other losses here. Hadsell et al. use the opposite (Y = 0 for similar). We also drop their
+  factor 1/2, so this loss and its gradients are twice theirs.
+  """
+  y = labels.astype(distances.dtype)
+  per_pair = y * distances**2 + (1.0 - y) * jax.nn.relu(margin - distances) ** 2
+  return jnp.mean(per_pair)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of values where mask holds; 0 (with zero gradient) when it holds nowhere."""
+  return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def triplet(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    margin: float,
+    mining: str,
+    squared: bool = False,
+) -> jax.Array:
+  """Triplet margin loss max(0, d(a, p) - d(a, n) + margin) with triplets mined in the batch.
+
+  Args:
+    embeddings: float [B, D].
+    labels: int [B], the class of each embedding.
+    margin: the required gap between the negative and the positive distance.
+    mining: how triplets are chosen, each anchor being every item of the batch:
+      'batch_all' (Hermans et al. 2017, their "BA≠0"): every valid (a, p, n), averaged over those
+        with positive loss only, so that the many already-satisfied triplets do not dilute the
+        gradient as training proceeds.
+      'batch_hard' (Hermans et al. 2017): per anchor, its farthest positive and nearest negative;
+        averaged over anchors.
+      'semi_hard' (Schroff et al. 2015): per (anchor, positive) pair, the nearest negative that
+        is farther than the positive (inside the margin if it contributes at all). When no
+        negative is farther, it falls back to the anchor's farthest negative, the easiest of the
+        hard ones, which still gives a signal without the collapse that the hardest negatives
+        cause early on (as TensorFlow Addons does); averaged over all (anchor, positive) pairs.
+    squared: use squared Euclidean distances (as FaceNet) instead of distances (as Hermans et al.).
+
+  Anchors without a positive or without a negative in the batch are left out; a batch without
+  any valid triplet gives 0.
+
+  Returns:
+    The scalar loss.
+  """
+  if mining not in MINING:
+    raise UserError(f'unknown triplet mining {mining!r}; choose one of {", ".join(MINING)}')
+  d = pairwise_distances(embeddings, squared)
+  same = labels[:, None] == labels[None, :]
+  positive = same & ~jnp.eye(len(labels), dtype=bool)  # [anchor, positive]
+  negative = ~same  # [anchor, negative]
+  has_negative = jnp.any(negative, axis=1)
+
+  if mining == 'batch_hard':
+    hardest_positive = jnp.max(jnp.where(positive, d, 0.0), axis=1)
+    hardest_negative = jnp.min(jnp.where(negative, d, jnp.inf), axis=1)
+    loss = jax.nn.relu(hardest_positive - hardest_negative + margin)
+    return _masked_mean(loss, jnp.any(positive, axis=1) & has_negative)
+
+  d_ap = d[:, :, None]  # [a, p, 1]
+  d_an = d[:, None, :]  # [a, 1, n]
+  if mining == 'batch_all':
+    loss = jax.nn.relu(d_ap - d_an + margin)
+    valid = positive[:, :, None] & negative[:, None, :]
+    return _masked_mean(loss, valid & (loss > 0))
+
+  farther = negative[:, None, :] & (d_an > d_ap)  # [a, p, n]
+  nearest_farther = jnp.min(jnp.where(farther, d_an, jnp.inf), axis=2)
+  farthest_negative = jnp.max(jnp.where(negative, d, 0.0), axis=1, keepdims=True)
+  chosen = jnp.where(jnp.any(farther, axis=2), nearest_farther, farthest_negative)
+  loss = jax.nn.relu(d - chosen + margin)
+  return _masked_mean(loss, positive & has_negative[:, None])
+
+
+LOSSES: dict[str, Callable[..., jax.Array]] = {
+    'bce': binary_cross_entropy,
+    'contrastive': contrastive,
+    'triplet': triplet,
+}
+
+
+def get(name: str) -> Callable[..., jax.Array]:
+  """The loss a config names; see the module docstring for what each one consumes."""
+  if name not in LOSSES:
+    raise UserError(f'unknown loss {name!r}; choose one of {", ".join(LOSSES)}')
+  return LOSSES[name]
