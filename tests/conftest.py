@@ -20,3 +20,19 @@ def data_dir(dataset: str) -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f'{dataset} data not found at {path} (set SIAMESE_JAX_DATA to the folder holding {dataset}/)')
   return path
+
+
+def synthetic_image_set(num_groups=3, classes_per_group=4, per_class=6, size=16, seed=0):
+  """A small learnable ImageSet: each class is a fixed random blob pattern plus noise."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from siamese_jax.datasets import ImageSet  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  num_classes = num_groups * classes_per_group
+  patterns = rng.random((num_classes, size, size, 1)) > 0.7
+  labels = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+  noise = rng.random((len(labels), size, size, 1)) > 0.95
+  images = ((patterns[labels] ^ noise) * 255).astype(np.uint8)
+  return ImageSet(images=images, labels=labels, groups=(labels // classes_per_group).astype(np.int32),
+                  class_names=tuple(f'class{c}' for c in range(num_classes)),
+                  group_names=tuple(f'group{g}' for g in range(num_groups)), source='synthetic')

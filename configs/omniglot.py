@@ -1,0 +1,47 @@
+"""Koch et al. (2015) one-shot Omniglot.
+
+Train on the 30 background alphabets x drawers 1-12; validate 20-way one-shot on 10 other alphabets x
+drawers 13-16. `configs/omniglot.py:smoke` is a small tower on 32 px images that trains on a CPU in
+about a minute (used by the end-to-end test).
+"""
+
+from siamese_jax import config_schema
+from siamese_jax.datasets import omniglot
+
+
+def get_config(variant: str = ''):
+  config = config_schema.base_config()
+  config.data.name = 'omniglot'
+  config.data.manual_dir = ''  # holds images_background.zip / images_evaluation.zip; '' = $SIAMESE_JAX_DATA/omniglot
+  config.data.tfds_data_dir = ''  # where the prepared dataset is written; '' = the TFDS default
+  config.data.image_size = 105
+  config.data.train_alphabets = omniglot.BACKGROUND_ALPHABETS
+  config.data.train_drawers = tuple(range(1, 13))
+  config.data.validation_alphabets = omniglot.OPEN_EVALUATION_ALPHABETS
+  config.data.validation_drawers = (13, 14, 15, 16)
+  config.data.test_alphabets = ()
+  config.data.test_drawers = (17, 18, 19, 20)
+
+  config.evaluators.oneshot_20way = dict(kind='oneshot', split='validation', ways=20, shots=1, episodes=320,
+                                         within_group=True)
+  config.evaluators.oneshot_20way_across = dict(kind='oneshot', split='validation', ways=20, shots=1,
+                                                episodes=320, within_group=False)
+  config.train.best_metric = 'oneshot_20way/accuracy'
+
+  if variant == 'smoke':
+    config.data.image_size = 32
+    config.model.features = (16, 32, 32)
+    config.model.kernel_sizes = (5, 3, 3)
+    config.model.embedding_dim = 128
+    config.batch.size = 64
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.decay_steps = 100
+    config.train.num_steps = 600
+    config.train.log_every = 100
+    config.train.eval_every = 300
+    config.train.steps_per_call = 10
+    config.evaluators.oneshot_20way.episodes = 100
+    config.evaluators.oneshot_20way_across.episodes = 100
+  elif variant:
+    raise ValueError(f'unknown variant {variant!r} of configs/omniglot.py (known: smoke)')
+  return config

@@ -1,0 +1,106 @@
+"""The defaults every task config starts from, and the check that a config names only known keys.
+
+Task configs in `configs/` call `base_config()` and change what their task needs. `validate` runs before
+anything is written, so a typo in a key or a bad value is one clear line, not a crash mid-run.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from siamese_jax import augment
+from siamese_jax.errors import UserError
+
+LOSSES = {'bce': 'logit', 'contrastive': 'distance', 'triplet': 'distance'}
+MINING = ('batch_all', 'batch_hard', 'semi_hard')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: Koch et al.'s Omniglot set-up, which the task configs adjust."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # The dataset block is the dataset module's own (see siamese_jax/datasets/<name>.py).
+  c.data = ml_collections.ConfigDict({'name': 'omniglot'})
+  # True: the whole training split lives on the accelerator and batches are drawn inside the jitted
+  # step. False: batches are gathered on the host and sent each step (for datasets too big for that).
+  c.device_resident = True
+
+  c.batch = ml_collections.ConfigDict()
+  c.batch.kind = 'pairs'  # 'pairs' (bce, contrastive) or 'classes' (M-per-class, for triplet mining)
+  c.batch.size = 32  # global: pairs per step, or images per step for 'classes'
+  c.batch.positive_fraction = 0.5
+  c.batch.same_group_prob = 0.5  # chance a negative pair is drawn from one group (alphabet)
+  c.batch.images_per_class = 4  # 'classes' batches: size // images_per_class classes
+
+  c.augment = augment.default_config()  # Koch's affine distortions; strength=0 turns them off
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = 'conv_tower'  # or 'resnet'
+  c.model.features = (64, 128, 128, 256)
+  c.model.kernel_sizes = (10, 7, 4, 4)
+  c.model.blocks_per_stage = 2  # resnet only
+  c.model.embedding_dim = 4096
+  c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'
+  c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'bce'
+  c.loss.margin = 1.0  # contrastive and triplet
+  c.loss.mining = 'batch_hard'  # triplet
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 9e-5
+  c.optimizer.decay_rate = 0.99
+  c.optimizer.decay_steps = 500
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 20_000
+  c.train.steps_per_call = 1  # steps fused into one jitted call (device-resident data only)
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.best_metric = 'oneshot_20way/accuracy'
+  c.train.patience = 0  # validations without improvement before stopping; 0 = never stop early
+  c.train.eval_batch_size = 256
+
+  # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
+  c.evaluators = ml_collections.ConfigDict()
+  return c
+
+
+def _unknown_keys(config, reference, prefix=''):
+  for key in config.keys():
+    name = f'{prefix}{key}'
+    if key not in reference:
+      yield name
+    elif isinstance(reference[key], ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      yield from _unknown_keys(config[key], reference[key], f'{name}.')
+
+
+def validate(config) -> None:
+  """Raises UserError for unknown keys or inconsistent values."""
+  reference = base_config()
+  unknown = [k for k in _unknown_keys(config, reference) if not k.startswith(('data.', 'evaluators.'))]
+  if unknown:
+    raise UserError(f'unknown config key(s): {", ".join(unknown)}')
+  if config.loss.name not in LOSSES:
+    raise UserError(f'loss.name={config.loss.name!r}; choose one of {", ".join(LOSSES)}')
+  if config.loss.name == 'triplet':
+    if config.batch.kind != 'classes':
+      raise UserError("loss.name='triplet' needs batch.kind='classes' (M-per-class batches to mine)")
+    if config.loss.mining not in MINING:
+      raise UserError(f'loss.mining={config.loss.mining!r}; choose one of {", ".join(MINING)}')
+  elif config.batch.kind != 'pairs':
+    raise UserError(f"loss.name={config.loss.name!r} trains on pairs: set batch.kind='pairs'")
+  head_kind = 'logit' if config.model.head == 'weighted_l1' else 'distance'
+  if LOSSES[config.loss.name] != head_kind:
+    raise UserError(f'loss {config.loss.name!r} needs a {LOSSES[config.loss.name]} head, '
+                    f'but model.head={config.model.head!r} gives a {head_kind}')
+  if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:
+    raise UserError('batch.size must be a multiple of batch.images_per_class')
+  if not 0.0 <= config.batch.positive_fraction <= 1.0:
+    raise UserError('batch.positive_fraction must lie in [0, 1]')
+  if config.train.steps_per_call > 1 and not config.device_resident:
+    raise UserError('train.steps_per_call > 1 needs device_resident=True (batches drawn on the device)')
+  augment.AffineConfig.from_config(config.augment)
+  if config.train.eval_every <= 0 or config.train.log_every <= 0:
+    raise UserError('train.eval_every and train.log_every must be positive')

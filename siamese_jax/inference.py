@@ -1,0 +1,71 @@
+"""A trained network as two functions: embed images, compare embeddings.
+
+Evaluators, the benchmark CLI and the image-comparison tools all go through `Scorer`, so images are
+preprocessed one way everywhere and each image is embedded once.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from siamese_jax import models, sharding
+
+
+def to_float(images):
+  """uint8 images -> float32 in [0, 1]: the network's input everywhere."""
+  return images.astype(jnp.float32) / 255.0
+
+
+class Scorer:
+  """Embeds image arrays in sharded batches and scores embedding pairs (higher = more alike)."""
+
+  def __init__(self, model: models.SiameseNet, params, mesh, batch_size: int = 256):
+    self.mesh = mesh
+    self.batch_size = -(-batch_size // mesh.size) * mesh.size
+    self.output_kind = model.head.output_kind
+    self.params = jax.device_put(params, sharding.replicated(mesh))
+
+    @functools.partial(jax.jit, out_shardings=sharding.batch_sharded(mesh))
+    def embed(params, images):
+      return model.apply({'params': params}, to_float(images), method=models.SiameseNet.embed)
+
+    @jax.jit
+    def similarity(params, e1, e2):
+      out = model.apply({'params': params}, e1, e2, method=models.SiameseNet.compare)
+      return models.similarity(out, self.output_kind)
+
+    self._embed = embed
+    self._similarity = similarity
+
+  def embed(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, C] -> float32 [N, D], padded into fixed-size sharded batches."""
+    out = []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size,) + chunk.shape[1:], chunk.dtype)
+      padded[:len(chunk)] = chunk
+      batch = jax.make_array_from_callback(padded.shape, sharding.batch_sharded(self.mesh),
+                                           lambda index, padded=padded: padded[index])
+      out.append(np.asarray(multihost_utils.process_allgather(self._embed(self.params, batch), tiled=True))
+                 [:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+  def similarity(self, e1, e2) -> np.ndarray:
+    """Scores of embedding pairs; e1 and e2 broadcast against each other on their leading axes."""
+    e1, e2 = jnp.broadcast_arrays(jnp.asarray(e1), jnp.asarray(e2))
+    return np.asarray(self._similarity(self.params, e1, e2))
+
+
+def pick_with_random_ties(rng: np.random.Generator, scores: np.ndarray) -> np.ndarray:
+  """argmax over the last axis, choosing uniformly among tied maxima.
+
+  A plain argmax picks the first of equal scores, so a model that outputs a constant would look perfect
+  whenever the right answer comes first; with random ties it scores chance, as it should.
+  """
+  is_max = scores == scores.max(axis=-1, keepdims=True)
+  return np.argmax(is_max * (1.0 + rng.random(scores.shape)), axis=-1)

@@ -1,0 +1,182 @@
+"""Encoders, similarity heads and the Siamese network that ties them together.
+
+The Siamese network runs its encoder ONCE over both images of every pair: the pair batch
+[B, 2, H, W, C] is reshaped to [2B, H, W, C] (which keeps a batch sharded along B sharded, each device
+holding both images of its own pairs), embedded in one batched call, and reshaped back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from siamese_jax.errors import UserError
+
+Dtype = Any
+
+
+def normal_init(mean: float, stddev: float):
+  """N(mean, stddev^2) initialiser (Koch et al. give biases a mean of 0.5)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return mean + stddev * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+class ConvTower(nn.Module):
+  """Koch et al. (2015)'s convolutional tower, with the paper's initialisation.
+
+  conv(64@10x10) - pool - conv(128@7x7) - pool - conv(128@4x4) - pool - conv(256@4x4) - dense(4096,
+  sigmoid). Convolution weights ~ N(0, 1e-2), all biases ~ N(0.5, 1e-2), dense weights ~ N(0, 0.2).
+  Smaller towers (for tests and small images) change the widths and kernel sizes.
+  """
+
+  features: Sequence[int] = (64, 128, 128, 256)
+  kernel_sizes: Sequence[int] = (10, 7, 4, 4)
+  embedding_dim: int = 4096
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    bias_init = normal_init(0.5, 1e-2)
+    for i, (features, size) in enumerate(zip(self.features, self.kernel_sizes)):
+      x = nn.Conv(features, (size, size), padding='VALID', dtype=self.dtype,
+                  kernel_init=normal_init(0.0, 1e-2), bias_init=bias_init, name=f'conv{i}')(x)
+      x = nn.relu(x)
+      if i < len(self.features) - 1:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=normal_init(0.0, 0.2),
+                 bias_init=bias_init, name='embedding')(x)
+    return nn.sigmoid(x)
+
+
+class ResidualBlock(nn.Module):
+  """Pre-activation residual block with GroupNorm (no batch statistics to carry in the state)."""
+
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    norm = lambda name: nn.GroupNorm(num_groups=min(32, self.features // 4), dtype=self.dtype, name=name)
+    y = nn.relu(norm('norm0')(x))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
+                         dtype=self.dtype, name='project')(y)
+    y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), use_bias=False, dtype=self.dtype,
+                name='conv0')(y)
+    y = nn.relu(norm('norm1')(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name='conv1')(y)
+    return shortcut + y
+
+
+class ResNet(nn.Module):
+  """A small ResNet for 32x32 images (CIFAR): stages of residual blocks, global pooling, projection."""
+
+  stage_features: Sequence[int] = (32, 64, 128)
+  blocks_per_stage: int = 2
+  embedding_dim: int = 128
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.stage_features[0], (3, 3), use_bias=False, dtype=self.dtype, name='stem')(x)
+    for stage, features in enumerate(self.stage_features):
+      for block in range(self.blocks_per_stage):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = ResidualBlock(features, strides, dtype=self.dtype, name=f'stage{stage}_block{block}')(x)
+    x = nn.relu(nn.GroupNorm(num_groups=min(32, x.shape[-1] // 4), dtype=self.dtype, name='norm')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)
+
+
+class WeightedL1Head(nn.Module):
+  """Koch's head: a learned weighting of |h1 - h2|, giving the logit of "same class"."""
+
+  output_kind = 'logit'
+
+  @nn.compact
+  def __call__(self, e1, e2):
+    logit = nn.Dense(1, kernel_init=normal_init(0.0, 0.2), bias_init=normal_init(0.5, 1e-2),
+                     name='weights')(jnp.abs(e1 - e2).astype(jnp.float32))
+    return logit[..., 0]
+
+
+class EuclideanHead(nn.Module):
+  """Euclidean distance between embeddings (no parameters), for the metric losses."""
+
+  output_kind = 'distance'
+
+  def __call__(self, e1, e2):
+    diff = (e1 - e2).astype(jnp.float32)
+    return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), 1e-12))
+
+
+class CosineHead(nn.Module):
+  """Cosine distance, 1 - cos(e1, e2), in [0, 2]."""
+
+  output_kind = 'distance'
+
+  def __call__(self, e1, e2):
+    e1 = e1.astype(jnp.float32)
+    e2 = e2.astype(jnp.float32)
+    cos = jnp.sum(e1 * e2, -1) / jnp.maximum(jnp.linalg.norm(e1, axis=-1) * jnp.linalg.norm(e2, axis=-1),
+                                             1e-12)
+    return 1.0 - cos
+
+
+class SiameseNet(nn.Module):
+  """An encoder shared by both images of a pair, and a head that compares their embeddings."""
+
+  encoder: nn.Module
+  head: nn.Module
+
+  def embed(self, images):
+    """Images (float, [N, H, W, C]) -> embeddings [N, D] in float32."""
+    return self.encoder(images).astype(jnp.float32)
+
+  def compare(self, e1, e2):
+    """The head's raw output for embedding pairs: a logit or a distance (see `output_kind`)."""
+    return self.head(e1, e2)
+
+  def __call__(self, pairs):
+    """Pairs [B, 2, H, W, C] -> head output [B], both images embedded in one call."""
+    batch = pairs.shape[0]
+    embeddings = self.embed(pairs.reshape((2 * batch,) + pairs.shape[2:]))
+    embeddings = embeddings.reshape((batch, 2, -1))
+    return self.compare(embeddings[:, 0], embeddings[:, 1])
+
+
+def similarity(head_output, output_kind: str):
+  """A score where higher means more alike, whatever the head returns."""
+  return head_output if output_kind == 'logit' else -head_output
+
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+_HEADS = {'weighted_l1': WeightedL1Head, 'euclidean': EuclideanHead, 'cosine': CosineHead}
+
+
+def build(model_config) -> SiameseNet:
+  """The network a config's `model` block describes (fp32 parameters, `dtype` compute)."""
+  if model_config.dtype not in _DTYPES:
+    raise UserError(f'model.dtype={model_config.dtype!r}; choose one of {", ".join(_DTYPES)}')
+  dtype = _DTYPES[model_config.dtype]
+  if model_config.encoder == 'conv_tower':
+    encoder = ConvTower(features=tuple(model_config.features), kernel_sizes=tuple(model_config.kernel_sizes),
+                        embedding_dim=model_config.embedding_dim, dtype=dtype)
+  elif model_config.encoder == 'resnet':
+    encoder = ResNet(stage_features=tuple(model_config.features),
+                     blocks_per_stage=model_config.blocks_per_stage,
+                     embedding_dim=model_config.embedding_dim, dtype=dtype)
+  else:
+    raise UserError(f'model.encoder={model_config.encoder!r}; choose conv_tower or resnet')
+  if model_config.head not in _HEADS:
+    raise UserError(f'model.head={model_config.head!r}; choose one of {", ".join(_HEADS)}')
+  return SiameseNet(encoder=encoder, head=_HEADS[model_config.head]())

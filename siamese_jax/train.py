@@ -1,0 +1,284 @@
+"""Training and evaluation loop shared by every task.
+
+`train_and_evaluate(config, workdir)` validates the config, loads the data, builds the network and
+optimizer, resumes from the latest checkpoint in `workdir` if there is one, then trains with periodic
+logging, validation and checkpointing. The step functions are pure; I/O stays in the loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from siamese_jax import augment, checkpoints, config_schema, datasets, evaluators, inference, losses, models
+from siamese_jax import plots, samplers, sharding
+from siamese_jax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(optimizer_config) -> optax.GradientTransformation:
+  """Adam with an exponentially decaying (staircase) learning rate."""
+  return optax.adam(learning_rate_schedule(optimizer_config))
+
+
+def learning_rate_schedule(optimizer_config):
+  return optax.exponential_decay(optimizer_config.learning_rate, optimizer_config.decay_steps,
+                                 optimizer_config.decay_rate, staircase=True)
+
+
+def init_state(config, model, tx, image_shape, key) -> TrainState:
+  pairs = jnp.zeros((1, 2) + tuple(image_shape), jnp.float32)
+  params = model.init(key, pairs)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def draw_batch(key, layout: samplers.ClassLayout, batch_config):
+  """Image indices and labels of one batch: pairs [B, 2] or an M-per-class batch [B]."""
+  if batch_config.kind == 'pairs':
+    return samplers.sample_pairs(key, layout, batch_config.size, batch_config.positive_fraction,
+                                 batch_config.same_group_prob)
+  return samplers.sample_classes(key, layout, batch_config.size // batch_config.images_per_class,
+                                 batch_config.images_per_class)
+
+
+def objective(params, images, labels, key, *, model, config):
+  """Loss and batch metrics for uint8 images ([B, 2, H, W, C] pairs or [B, H, W, C] for triplets)."""
+  x = inference.to_float(images)
+  flat = x.reshape((-1,) + x.shape[-3:])
+  x = augment.random_affine(key, flat, augment.AffineConfig.from_config(config.augment)).reshape(x.shape)
+  if config.loss.name == 'triplet':
+    embeddings = model.apply({'params': params}, x, method=models.SiameseNet.embed)
+    loss = losses.triplet(embeddings, labels, config.loss.margin, config.loss.mining)
+    distances = losses.pairwise_distances(embeddings) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
+    accuracy = jnp.mean(labels[jnp.argmin(distances, axis=1)] == labels)  # in-batch precision@1
+    return loss, {'loss': loss, 'accuracy': accuracy}
+  out = model.apply({'params': params}, x)
+  if config.loss.name == 'bce':
+    loss = losses.binary_cross_entropy(out, labels)
+    predicted_same = out > 0
+  else:
+    loss = losses.contrastive(out, labels, config.loss.margin)
+    predicted_same = out < config.loss.margin / 2  # a training-time proxy; evaluation picks thresholds
+  return loss, {'loss': loss, 'accuracy': jnp.mean(predicted_same == (labels == 1))}
+
+
+def train_step(state: TrainState, images, labels, key, *, model, tx, config):
+  """One optimizer step. Pure: returns the new state and the batch metrics."""
+  grad_fn = jax.value_and_grad(functools.partial(objective, model=model, config=config), has_aux=True)
+  (_, batch_metrics), grads = grad_fn(state.params, images, labels, key)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), batch_metrics
+
+
+def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, config):
+  """`num_steps` steps with batches drawn and gathered on the device; returns the summed metrics.
+
+  The images and class layout are replicated on every device; indices are sampled identically
+  everywhere, and the gathered batch is constrained to be sharded along its first axis.
+  """
+
+  def body(state, step_key):
+    draw_key, augment_key = jax.random.split(step_key)
+    indices, labels = draw_batch(draw_key, data['layout'], config.batch)
+    indices, labels = jax.lax.with_sharding_constraint((indices, labels), sharding.batch_sharded(mesh))
+    images = jax.lax.with_sharding_constraint(data['images'][indices], sharding.batch_sharded(mesh))
+    return train_step(state, images, labels, augment_key, model=model, tx=tx, config=config)
+
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(state.step + jnp.arange(num_steps))
+  state, step_metrics = jax.lax.scan(body, state, keys)
+  return state, jax.tree.map(jnp.sum, step_metrics)
+
+
+def host_step(state, images, labels, key, *, model, tx, config):
+  """One step on a batch gathered on the host; metrics returned as sums like the fused form."""
+  step_key = jax.random.fold_in(key, state.step)
+  return train_step(state, images, labels, jax.random.split(step_key)[1], model=model, tx=tx, config=config)
+
+
+class HostBatches:
+  """Batches gathered on the host: indices drawn by the same samplers on the CPU, images sent sharded."""
+
+  def __init__(self, image_set, layout, config, mesh):
+    self.images = image_set.images
+    self.mesh = mesh
+    # Indices are drawn on the CPU: committed CPU inputs make the jitted sampler run there.
+    self._cpu = jax.local_devices(backend='cpu')[0]
+    self._layout = jax.device_put(layout, self._cpu)
+    self._draw = jax.jit(functools.partial(draw_batch, batch_config=config.batch))
+
+  def __call__(self, key, step: int):
+    draw_key = jax.device_put(jax.random.split(jax.random.fold_in(key, step))[0], self._cpu)
+    indices, labels = jax.device_get(self._draw(draw_key, self._layout))
+    # Each process gathers only its own rows of the global batch.
+    rows = np.array_split(np.arange(len(labels)), jax.process_count())[jax.process_index()]
+    return sharding.put_global_batch((self.images[indices[rows]], labels[rows]), self.mesh)
+
+
+def _compile(config, model, tx, mesh, state_sharding):
+  """The jitted training call for the configured input path."""
+  data_sharding = sharding.replicated(mesh)
+  if config.device_resident:
+    fn = functools.partial(device_resident_steps, num_steps=config.train.steps_per_call, mesh=mesh, model=model,
+                           tx=tx, config=config)
+    return jax.jit(fn, in_shardings=(state_sharding, data_sharding, data_sharding),
+                   out_shardings=(state_sharding, data_sharding), donate_argnums=0)
+  fn = functools.partial(host_step, model=model, tx=tx, config=config)
+  batch = sharding.batch_sharded(mesh)
+  return jax.jit(fn, in_shardings=(state_sharding, batch, batch, data_sharding),
+                 out_shardings=(state_sharding, data_sharding), donate_argnums=0)
+
+
+def _log_line(step, num_steps, sums, count, lr, pairs_per_s):
+  means = {k: float(v) / count for k, v in sums.items()}
+  logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.3g  %.0f examples/s', step, num_steps,
+               means['loss'], means['accuracy'], lr, pairs_per_s)
+  return means
+
+
+def prepare(config, workdir):
+  """Everything that can fail on bad input, done before anything is written to `workdir`."""
+  config_schema.validate(config)
+  splits = datasets.load_splits(config.data)
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(config.batch.size, mesh)
+  model = models.build(config.model)
+  tx = make_optimizer(config.optimizer)
+  train_set = splits['train']
+  state = jax.eval_shape(lambda: init_state(config, model, tx, train_set.image_shape, jax.random.key(0)))
+  checkpoints.check_compatible(workdir, state)
+  evals = evaluators.build_all(config.evaluators, splits)
+  return splits, mesh, model, tx, evals
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains per `config`, writing checkpoints, metrics and plots under `workdir`; returns best metrics."""
+  splits, mesh, model, tx, evals = prepare(config, workdir)
+  train_set = splits['train']
+  key = jax.random.key(config.seed)
+  init_key, train_key = jax.random.split(key)
+  state_sharding = sharding.replicated(mesh)
+  state = jax.jit(functools.partial(init_state, config, model, tx, train_set.image_shape),
+                  out_shardings=state_sharding)(init_key)
+
+  is_main = jax.process_index() == 0
+  manager = checkpoints.Manager(workdir, config.train.best_metric)
+  state, history = manager.restore_latest(state)
+  start_step = int(state.step)
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = _metric_writer(workdir) if is_main else None
+  logging.info('training on %s: %d images, %d classes; %d devices; from step %d', train_set.source,
+               len(train_set), train_set.num_classes, mesh.size, start_step)
+
+  layout = samplers.class_layout(train_set.labels, train_set.groups)
+  step_fn = _compile(config, model, tx, mesh, state_sharding)
+  if config.device_resident:
+    data = sharding.put_replicated({'images': train_set.images, 'layout': layout}, mesh)
+    steps_per_call = config.train.steps_per_call
+  else:
+    host_batches = HostBatches(train_set, layout, config, mesh)
+    steps_per_call = 1
+
+  schedule = learning_rate_schedule(config.optimizer)
+  num_steps = config.train.num_steps
+  best = manager.best_metrics(history)
+  stale = _validations_since_best(history, config.train.best_metric)
+  sums, count, last_time, last_step = None, 0, time.perf_counter(), start_step
+  train_means = {}
+  step = start_step
+  stop_reason = f'reached train.num_steps={num_steps}'
+  while step < num_steps:
+    if config.device_resident:
+      state, step_sums = step_fn(state, data, train_key)
+    else:
+      images, labels = host_batches(train_key, step)
+      state, step_sums = step_fn(state, images, labels, train_key)
+    step += steps_per_call
+    count += steps_per_call
+    sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+
+    if step % config.train.log_every < steps_per_call or step >= num_steps:
+      sums = jax.device_get(sums)
+      now = time.perf_counter()
+      rate = (step - last_step) * config.batch.size / (now - last_time)
+      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate)
+      if writer:
+        writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': float(
+            schedule(step)), 'train/examples_per_second': rate}, step)
+      sums, count, last_time, last_step = None, 0, time.perf_counter(), step
+
+    if step % config.train.eval_every < steps_per_call or step >= num_steps:
+      scorer = inference.Scorer(model, state.params, mesh, config.train.eval_batch_size)
+      eval_metrics = evaluators.run_all(evals, scorer)
+      entry = {'step': step, **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
+      history.append(entry)
+      logging.info('step %d validation: %s', step, '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+      if writer:
+        writer.write(eval_metrics, step)
+      manager.save(step, state, eval_metrics, history)
+      if is_main:
+        _write_history(workdir, history)
+      current = eval_metrics.get(config.train.best_metric)
+      if current is not None and (best is None or current > best.get(config.train.best_metric, -np.inf)):
+        best, stale = eval_metrics, 0
+      else:
+        stale += 1
+      if config.train.patience and stale >= config.train.patience:
+        stop_reason = (f'early stop: {config.train.best_metric} did not improve for {stale} validations '
+                       f'(best {best[config.train.best_metric]:.4f})')
+        break
+
+  manager.wait()
+  logging.info('training finished at step %d: %s', step, stop_reason)
+  if writer:
+    writer.close()
+  return best or {}
+
+
+def _validations_since_best(history, metric):
+  values = [h.get(metric) for h in history if metric in h]
+  if not values:
+    return 0
+  return len(values) - 1 - int(np.argmax(values))
+
+
+def _write_history(workdir, history):
+  with open(os.path.join(workdir, 'history.json'), 'w') as f:
+    json.dump(history, f, indent=1)
+  plots.learning_curve(os.path.join(workdir, 'learning_curve.png'), history)
+
+
+class _metric_writer:  # pylint: disable=invalid-name
+  """Scalars to TensorBoard event files in the workdir (no TensorFlow needed)."""
+
+  def __init__(self, workdir):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, scalars: dict, step: int):
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, value, step)
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()

@@ -1,0 +1,146 @@
+"""The training loop: sharded steps, no batch gathering, checkpoints, resume, and bad input."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import synthetic_image_set
+
+from siamese_jax import checkpoints, config_schema, datasets, models, samplers, sharding, train
+from siamese_jax.errors import UserError
+
+
+def tiny_config(**train_overrides):
+  c = config_schema.base_config()
+  c.data.name = 'omniglot'  # replaced by the synthetic splits below
+  c.model.features = (8, 16)
+  c.model.kernel_sizes = (3, 3)
+  c.model.embedding_dim = 32
+  c.batch.size = 16
+  c.optimizer.learning_rate = 1e-3
+  c.train.num_steps = 40
+  c.train.log_every = 10
+  c.train.eval_every = 20
+  c.train.eval_batch_size = 32
+  c.train.best_metric = 'oneshot/accuracy'
+  c.evaluators.oneshot = dict(kind='oneshot', split='validation', ways=4, shots=1, episodes=20)
+  c.train.update(train_overrides)
+  return c
+
+
+@pytest.fixture
+def synthetic_splits(monkeypatch):
+  splits = {'train': synthetic_image_set(seed=0), 'validation': synthetic_image_set(seed=1)}
+  monkeypatch.setattr(datasets, 'load_splits', lambda data_config: splits)
+  return splits
+
+
+def one_step(config, mesh, image_set):
+  """A single fused device-resident step on `mesh`; returns the new state and metrics."""
+  model = models.build(config.model)
+  tx = train.make_optimizer(config.optimizer)
+  state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  data = sharding.put_replicated(
+      {'images': image_set.images, 'layout': samplers.class_layout(image_set.labels, image_set.groups)}, mesh)
+  step_fn = train._compile(config, model, tx, mesh, sharding.replicated(mesh))
+  return step_fn, (state, data, jax.random.key(7))
+
+
+def test_two_device_step_equals_single_device_step():
+  assert jax.device_count() == 2, 'conftest sets two simulated CPU devices'
+  config = tiny_config(steps_per_call=2)
+  image_set = synthetic_image_set()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    step_fn, args = one_step(config, sharding.data_mesh(devices), image_set)
+    state, sums = step_fn(*args)
+    results.append((jax.device_get(state.params), jax.device_get(sums)))
+  chex.assert_trees_all_close(results[0][1], results[1][1], rtol=1e-5)  # losses and accuracies
+  # Adam's first steps are ~lr * sign(g): where |g| is near eps, float reassociation of the gradient
+  # all-reduce moves a parameter by a few percent of one step (lr = 1e-3).
+  chex.assert_trees_all_close(results[0][0], results[1][0], atol=5e-5)
+  assert int(jax.device_get(state.step)) == 2
+
+
+def test_step_keeps_the_batch_sharded():
+  """The pair batch must not be gathered onto every device: only gradients are all-reduced."""
+  config = tiny_config()
+  mesh = sharding.data_mesh()
+  step_fn, args = one_step(config, mesh, synthetic_image_set())
+  hlo = step_fn.lower(*args).compile().as_text()
+  assert 'all-reduce' in hlo
+  assert 'all-gather' not in hlo and 'all-to-all' not in hlo
+
+
+def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits):
+  workdir = str(tmp_path / 'run')
+  best = train.train_and_evaluate(tiny_config(num_steps=40), workdir)
+  assert 0.0 <= best['oneshot/accuracy'] <= 1.0
+  for name in ('config.json', 'history.json', 'learning_curve.png'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  manager = checkpoints.Manager(workdir, 'oneshot/accuracy')
+  assert 40 in manager.steps()
+
+  # Resuming continues from step 40 and leaves the first 40 steps' history in place.
+  train.train_and_evaluate(tiny_config(num_steps=60), workdir)
+  manager = checkpoints.Manager(workdir, 'oneshot/accuracy')
+  assert 60 in manager.steps() and len(manager.steps()) <= 2  # the latest and the best
+  model = models.build(tiny_config().model)
+  tx = train.make_optimizer(tiny_config().optimizer)
+  template = train.init_state(tiny_config(), model, tx, (16, 16, 1), jax.random.key(0))
+  state, history = manager.restore(template, 60)
+  assert int(state.step) == 60
+  assert [h['step'] for h in history] == [20, 40, 60]
+
+
+def test_checkpoint_round_trip(tmp_path):
+  config = tiny_config()
+  model = models.build(config.model)
+  tx = train.make_optimizer(config.optimizer)
+  state = train.init_state(config, model, tx, (16, 16, 1), jax.random.key(3))
+  manager = checkpoints.Manager(str(tmp_path), 'oneshot/accuracy')
+  manager.save(5, state, {'oneshot/accuracy': 0.5}, [{'step': 5}])
+  manager.wait()
+  other = train.init_state(config, model, tx, (16, 16, 1), jax.random.key(4))
+  restored, history = manager.restore(other, 5)
+  chex.assert_trees_all_equal(restored, state)
+  assert history == [{'step': 5}]
+
+
+def test_workdir_with_another_model_is_refused_before_writing(tmp_path, synthetic_splits):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(num_steps=20), workdir)
+  before = sorted(os.listdir(workdir))
+  bigger = tiny_config(num_steps=40)
+  bigger.model.embedding_dim = 64
+  with pytest.raises(UserError, match='another model'):
+    train.train_and_evaluate(bigger, workdir)
+  assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize('mutate,message', [
+    (lambda c: c.update({'learning_rate': 1.0}), 'unknown config key'),
+    (lambda c: c.loss.update({'name': 'hinge'}), 'loss.name'),
+    (lambda c: c.loss.update({'name': 'contrastive'}), 'distance head'),
+    (lambda c: c.batch.update({'size': 15}), 'not divisible'),
+    (lambda c: c.evaluators.oneshot.update({'split': 'test'}), 'not a split'),
+])
+def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, synthetic_splits, mutate, message):
+  config = tiny_config()
+  mutate(config)
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_host_pipeline_matches_device_resident_training_shape(tmp_path, synthetic_splits):
+  config = tiny_config(num_steps=20)
+  config.device_resident = False
+  best = train.train_and_evaluate(config, str(tmp_path / 'host'))
+  assert 'oneshot/accuracy' in best
