@@ -89,6 +89,12 @@ class Manager:
     step = self._manager.latest_step()
     return (state, []) if step is None else self.restore(state, step)
 
+  def restore_params(self, step: int):
+    """Only the parameters of checkpoint `step`, as saved (no template needed), and the history."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
+    return restored['state']['params'], list(restored['history'])
+
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
 

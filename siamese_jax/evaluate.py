@@ -1,0 +1,85 @@
+"""Scores a trained workdir on Lake et al.'s 20 one-shot runs.
+
+    python -m siamese_jax.evaluate --workdir=DIR --lake_runs=all_runs.zip
+
+Uses the best checkpoint on the run's `train.best_metric` (or `--checkpoint=latest`); each query goes
+to the training image it is most similar to, ties broken at random. Prints per-run and overall accuracy
+and writes them to DIR/lake_runs.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from siamese_jax import checkpoints, inference, lake_runs, models, sharding
+from siamese_jax.errors import UserError
+
+flags.DEFINE_string('workdir', None, 'A training workdir (holding config.json and checkpoints/).')
+flags.DEFINE_string('lake_runs', None, 'Folder of runNN/ folders, or all_runs.zip.')
+flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to score.')
+flags.DEFINE_integer('seed', 0, 'Seed for breaking ties.')
+FLAGS = flags.FLAGS
+
+
+def load_trained(workdir: str, which: str = 'best'):
+  """(config, Scorer) for a workdir's best or latest checkpoint."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise UserError(f'{workdir} is not a training workdir (no config.json)')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  manager = checkpoints.Manager(workdir, config.train.best_metric)
+  steps = manager.steps()
+  if not steps:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints')
+  step = max(steps)
+  params, history = manager.restore_params(step)
+  best = manager.best_metrics(history)
+  if which == 'best' and best is not None and best['step'] in steps and best['step'] != step:
+    step = best['step']
+    params, _ = manager.restore_params(step)
+  model = models.build(config.model)
+  return config, step, inference.Scorer(model, params, sharding.data_mesh(), config.train.eval_batch_size)
+
+
+def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:
+  """Accuracy of each run: the fraction of queries matched to their own class's training image."""
+  rng = np.random.default_rng(seed)
+  accuracies = []
+  for run in runs:
+    embeddings = scorer.embed(np.concatenate([run.support, run.queries]))
+    support, queries = embeddings[:len(run.support)], embeddings[len(run.support):]
+    scores = scorer.similarity(queries[:, None, :], support[None, :, :])  # [Q, W]
+    accuracies.append(float(np.mean(inference.pick_with_random_ties(rng, scores) == run.answers)))
+  return accuracies
+
+
+def main(argv):
+  del argv
+  try:
+    if not FLAGS.workdir or not FLAGS.lake_runs:
+      raise UserError('give --workdir and --lake_runs')
+    config, step, scorer = load_trained(FLAGS.workdir, FLAGS.checkpoint)
+    runs = lake_runs.read_runs(FLAGS.lake_runs, image_size=config.data.image_size)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  accuracies = score_runs(scorer, runs, FLAGS.seed)
+  print(f'{FLAGS.workdir} checkpoint at step {step} ({FLAGS.checkpoint}), {len(runs)} runs from {FLAGS.lake_runs}')
+  for run, accuracy in zip(runs, accuracies):
+    print(f'{run.name}  {accuracy * 100:5.1f}%')
+  overall = float(np.mean(accuracies))
+  print(f'overall  {overall * 100:5.1f}%  (error {100 - overall * 100:.1f}%)')
+  with open(os.path.join(FLAGS.workdir, 'lake_runs.json'), 'w') as f:
+    json.dump({'step': step, 'runs': dict(zip([r.name for r in runs], accuracies)), 'overall': overall}, f,
+              indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
