@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import os
 import re
@@ -189,18 +190,13 @@ class Drawings:
   source: str
 
   def where(self, alphabets: Sequence[str], drawers: Sequence[int]) -> Drawings:
-    """The images of `alphabets` drawn by `drawers`; unknown names and drawers are UserErrors."""
-    if isinstance(alphabets, str) or not alphabets or not drawers:
-      raise UserError(f'give a non-empty list of alphabets and of drawers, got {alphabets!r} and {drawers!r}')
+    """The images of `alphabets` drawn by `drawers`; an alphabet not in the data is a UserError."""
     present = sorted(set(self.alphabets.tolist()))
     missing = sorted(set(alphabets) - set(present))
     if missing:
       raise UserError(f'alphabets {missing} are not in {self.source}; it has {", ".join(present)} '
                       '(if you have added an archive since it was prepared, delete the prepared omniglot_drawers '
                       'folder under data.tfds_data_dir to rebuild it)')
-    bad = [d for d in drawers if not (isinstance(d, (int, np.integer)) and 1 <= d <= NUM_DRAWERS)]
-    if bad:
-      raise UserError(f'drawers must be integers from 1 to {NUM_DRAWERS}, got {bad}')
     mask = np.isin(self.alphabets, list(alphabets)) & np.isin(self.drawers, list(drawers))
     return dataclasses.replace(self, images=self.images[mask], alphabets=self.alphabets[mask],
                                characters=self.characters[mask], drawers=self.drawers[mask])
@@ -216,10 +212,10 @@ class Drawings:
 
 def load_drawings(data_config) -> Drawings:
   """Every image of the prepared dataset at `data_config.image_size`, preparing it first if needed."""
-  size = data_config.image_size
+  size = data_config.get('image_size', ORIGINAL_SIZE)
   if not isinstance(size, int) or size < 1:
     raise UserError(f'data.image_size must be a positive integer, got {size!r}')
-  builder = OmniglotDrawers(data_dir=os.path.expanduser(data_config.tfds_data_dir) or None,
+  builder = OmniglotDrawers(data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None,
                             file_format='array_record')
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
@@ -251,9 +247,10 @@ def _cached_arrays(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]
 
 def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
   """Reads every split's records and decodes them, sorted by character then drawer."""
-  records = [record for split in builder.info.splits
-             for record in _all_records(builder.as_data_source(
-                 split, decoders={'image': tfds.decode.SkipDecoding()}))]
+  records = []
+  for split in builder.info.splits:
+    source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+    records += source.__getitems__(range(len(source)))  # One batched read: far faster than one by one.
   characters = np.array([r['character'].decode() for r in records])
   drawers = np.array([r['drawer'] for r in records], dtype=np.int32)
   order = np.lexsort((drawers, characters))
@@ -265,33 +262,44 @@ def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
   }
 
 
-def _all_records(source: Sequence[dict]) -> list[dict]:
-  """One batched read: much faster than indexing the data source record by record."""
-  return source.__getitems__(range(len(source)))
-
-
 def load_splits(data_config) -> dict[str, ImageSet]:
   """Koch-style splits: each of train/validation/test is a set of alphabets times a set of drawers.
 
-  The test split is left out when `data.test_alphabets` is empty. Splits may share alphabets or
-  drawers but never both, since then they would share images.
+  The test split is left out when `data.test_alphabets` is empty.
   """
+  selections = _selections(data_config)
   drawings = load_drawings(data_config)
-  names = ('train', 'validation', 'test') if data_config.get('test_alphabets') else ('train', 'validation')
-  selections = {name: (data_config.get(f'{name}_alphabets'), data_config.get(f'{name}_drawers')) for name in names}
   splits = {}
   for name, (alphabets, drawers) in selections.items():
     try:
-      splits[name] = drawings.where(alphabets, drawers)
+      split = drawings.where(alphabets, drawers)
     except UserError as error:
-      raise UserError(f'data.{name}_alphabets/_drawers: {error}') from None
-  for i, first in enumerate(names):
-    for second in names[i + 1:]:
-      alphabets, drawers = (sorted(set(a) & set(b)) for a, b in zip(selections[first], selections[second]))
-      if alphabets and drawers:
-        raise UserError(f'data splits {first} and {second} share the images of {alphabets} by drawers {drawers}; '
-                        'make their alphabets or their drawers disjoint')
-  for name, split in splits.items():
+      raise UserError(f'data.{name}_alphabets: {error}') from None
     if not len(split.images):
-      raise UserError(f'data split {name} selects no image from {drawings.source}')
-  return {name: split.image_set() for name, split in splits.items()}
+      raise UserError(f'data.{name}_alphabets/_drawers select no image from {drawings.source}')
+    splits[name] = split.image_set()
+  return splits
+
+
+def _selections(data_config) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+  """The alphabets and drawers of each split, checked before any data is read.
+
+  Splits may share alphabets or drawers but never both, since then they would share images.
+  """
+  names = ('train', 'validation', 'test') if data_config.get('test_alphabets') else ('train', 'validation')
+  selections = {}
+  for name in names:
+    alphabets, drawers = data_config.get(f'{name}_alphabets'), data_config.get(f'{name}_drawers')
+    if isinstance(alphabets, str) or not alphabets or not drawers:
+      raise UserError(f'data.{name}_alphabets and data.{name}_drawers must be non-empty lists, '
+                      f'got {alphabets!r} and {drawers!r}')
+    bad = [d for d in drawers if not (isinstance(d, int) and 1 <= d <= NUM_DRAWERS)]
+    if bad:
+      raise UserError(f'data.{name}_drawers must be integers from 1 to {NUM_DRAWERS}, got {bad}')
+    selections[name] = (tuple(alphabets), tuple(drawers))
+  for first, second in itertools.combinations(names, 2):
+    alphabets, drawers = (sorted(set(a) & set(b)) for a, b in zip(selections[first], selections[second]))
+    if alphabets and drawers:
+      raise UserError(f'data splits {first} and {second} share the images of {alphabets} by drawers {drawers}; '
+                      'make their alphabets or their drawers disjoint')
+  return selections
