@@ -90,9 +90,12 @@ class Manager:
     return (state, []) if step is None else self.restore(state, step)
 
   def restore_params(self, step: int):
-    """Only the parameters of checkpoint `step`, as saved (no template needed), and the history."""
+    """Only the parameters of checkpoint `step`, shaped as saved (no template needed), and the history."""
+    saved = self._manager.item_metadata(step)['state'].tree
+    on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device), saved)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
     return restored['state']['params'], list(restored['history'])
 
   def steps(self) -> list[int]:

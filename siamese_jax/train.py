@@ -103,7 +103,10 @@ def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, confi
     return train_step(state, images, labels, augment_key, model=model, tx=tx, config=config)
 
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(state.step + jnp.arange(num_steps))
-  state, step_metrics = jax.lax.scan(body, state, keys)
+  # XLA:CPU runs convolutions inside a while loop ~5x slower than outside one (measured: 458 vs 90 ms
+  # per smoke step), so on the CPU the loop is unrolled; accelerators keep the compact loop.
+  unroll = num_steps if jax.default_backend() == 'cpu' else 1
+  state, step_metrics = jax.lax.scan(body, state, keys, unroll=unroll)
   return state, jax.tree.map(jnp.sum, step_metrics)
 
 

@@ -36,3 +36,9 @@ def synthetic_image_set(num_groups=3, classes_per_group=4, per_class=6, size=16,
   return ImageSet(images=images, labels=labels, groups=(labels // classes_per_group).astype(np.int32),
                   class_names=tuple(f'class{c}' for c in range(num_classes)),
                   group_names=tuple(f'group{g}' for g in range(num_groups)), source='synthetic')
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """One TFDS data folder per test process, so each real dataset is prepared once per process."""
+  return tmp_path_factory.mktemp('tfds')
