@@ -103,7 +103,8 @@ class Manager:
 
   def best_metrics(self, history: list) -> dict | None:
     scored = [h for h in history if self.best_metric in h]
-    return max(scored, key=lambda h: h[self.best_metric]) if scored else None
+    # The last of tied entries, as Orbax's BestN keeps it.
+    return max(reversed(scored), key=lambda h: h[self.best_metric]) if scored else None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

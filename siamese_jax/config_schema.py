@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
   c.evaluators = ml_collections.ConfigDict()
+  # Run once after training on the best checkpoint; results.json / results.md in the workdir.
+  c.test_evaluators = ml_collections.ConfigDict()
   return c
 
 
@@ -79,7 +81,7 @@ def _unknown_keys(config, reference, prefix=''):
 def validate(config) -> None:
   """Raises UserError for unknown keys or inconsistent values."""
   reference = base_config()
-  unknown = [k for k in _unknown_keys(config, reference) if not k.startswith(('data.', 'evaluators.'))]
+  unknown = [k for k in _unknown_keys(config, reference) if not k.startswith(('data.', 'evaluators.', 'test_evaluators.'))]
   if unknown:
     raise UserError(f'unknown config key(s): {", ".join(unknown)}')
   if config.loss.name not in LOSSES:

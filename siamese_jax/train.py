@@ -168,12 +168,17 @@ def prepare(config, workdir):
   state = jax.eval_shape(lambda: init_state(config, model, tx, train_set.image_shape, jax.random.key(0)))
   checkpoints.check_compatible(workdir, state)
   evals = evaluators.build_all(config.evaluators, splits)
-  return splits, mesh, model, tx, evals
+  test_evals = evaluators.build_all(config.test_evaluators, splits)
+  return splits, mesh, model, tx, evals, test_evals
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains per `config`, writing checkpoints, metrics and plots under `workdir`; returns best metrics."""
-  splits, mesh, model, tx, evals = prepare(config, workdir)
+  """Trains per `config`, writing checkpoints, metrics and plots under `workdir`.
+
+  Returns the validation metrics of the best checkpoint, plus the `test_evaluators`' metrics of that
+  checkpoint (prefixed 'test/'), which are also written to results.json and results.md.
+  """
+  splits, mesh, model, tx, evals, test_evals = prepare(config, workdir)
   train_set = splits['train']
   key = jax.random.key(config.seed)
   init_key, train_key = jax.random.split(key)
@@ -243,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _write_history(workdir, history)
       current = eval_metrics.get(config.train.best_metric)
       if current is not None and (best is None or current > best.get(config.train.best_metric, -np.inf)):
-        best, stale = eval_metrics, 0
+        best, stale = entry, 0
       else:
         stale += 1
       if config.train.patience and stale >= config.train.patience:
@@ -255,7 +260,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('training finished at step %d: %s', step, stop_reason)
   if writer:
     writer.close()
-  return best or {}
+  # Orbax keeps the latest and the best; on tied scores the best kept may be a later step.
+  kept = set(manager.steps())
+  best = dict(manager.best_metrics([h for h in history if h['step'] in kept]) or {})
+  if test_evals:
+    best_step = best.get('step', step)
+    params = state.params if best_step == step else manager.restore(state, best_step)[0].params
+    results = evaluators.run_all(test_evals, inference.Scorer(model, params, mesh, config.train.eval_batch_size))
+    logging.info('test metrics of the checkpoint at step %d: %s', best_step,
+                 '  '.join(f'{k} {v:.4f}' for k, v in results.items()))
+    if is_main:
+      _write_results(workdir, best_step, results, splits['train'].source)
+    best.update({f'test/{k}': v for k, v in results.items()})
+  return best
+
+
+def _write_results(workdir, step, results, source):
+  """The test metrics of the best checkpoint, as JSON and as a Markdown table (evaluator x metric)."""
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'step': step, 'data': source, 'metrics': results}, f, indent=1)
+  rows = {}
+  for key, value in results.items():
+    name, metric = key.split('/', 1)
+    rows.setdefault(name, {})[metric] = value
+  columns = sorted({metric for row in rows.values() for metric in row})
+  lines = [f'Checkpoint at step {step}; data: {source}.', '', '| test set | ' + ' | '.join(columns) + ' |',
+           '|---' * (len(columns) + 1) + '|']
+  for name, row in rows.items():
+    lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' if c in row else '' for c in columns) + ' |')
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
 
 
 def _validations_since_best(history, metric):

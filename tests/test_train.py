@@ -1,5 +1,6 @@
 """The training loop: sharded steps, no batch gathering, checkpoints, resume, and bad input."""
 
+import json
 import os
 
 import chex
@@ -78,8 +79,14 @@ def test_step_keeps_the_batch_sharded():
 
 def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits):
   workdir = str(tmp_path / 'run')
-  best = train.train_and_evaluate(tiny_config(num_steps=40), workdir)
+  config = tiny_config(num_steps=40)
+  config.test_evaluators.heldout = dict(kind='oneshot', split='validation', ways=3, shots=1, episodes=10)
+  best = train.train_and_evaluate(config, workdir)
   assert 0.0 <= best['oneshot/accuracy'] <= 1.0
+  assert 0.0 <= best['test/heldout/accuracy'] <= 1.0
+  results = json.loads(open(os.path.join(workdir, 'results.json')).read())
+  assert results['step'] == best['step'] and results['metrics']['heldout/accuracy'] == best['test/heldout/accuracy']
+  assert '| heldout |' in open(os.path.join(workdir, 'results.md')).read()
   for name in ('config.json', 'history.json', 'learning_curve.png'):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
