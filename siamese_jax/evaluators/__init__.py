@@ -11,7 +11,7 @@ import importlib
 
 from siamese_jax.errors import UserError
 
-KINDS = ('oneshot', 'verification', 'retrieval')
+KINDS = ('oneshot', 'verification', 'retrieval', 'reference')
 
 
 def build(name: str, evaluator_config, splits):

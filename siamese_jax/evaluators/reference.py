@@ -1,0 +1,98 @@
+"""Classification by comparison with labelled reference images (the malaria task).
+
+A Siamese network has no classifier: it classifies a query by comparing it with K labelled references
+of each class, drawn once from `reference_split`, and picks the class it is most similar to on average
+(ties at random). With `knn` > 0 the embeddings are also judged on their own, by a k-nearest-neighbour
+vote over every image of the reference split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamese_jax import inference, metrics, retrieval
+from siamese_jax.errors import UserError
+from siamese_jax.evaluators.retrieval import subsample
+
+
+def draw_references(rng: np.random.Generator, image_set, shots: int, split: str) -> np.ndarray:
+  """int [C, shots]: `shots` distinct images of each class of `image_set`."""
+  by_class = [np.flatnonzero(image_set.labels == c) for c in range(image_set.num_classes)]
+  for name, members in zip(image_set.class_names, by_class):
+    if len(members) < shots:
+      raise UserError(f'shots={shots} but class {name!r} has {len(members)} images in {split!r}; lower shots')
+  return np.stack([rng.choice(members, shots, replace=False) for members in by_class])
+
+
+def knn_vote(neighbour_labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """The majority class of each row of neighbours [Q, k] (nearest first); a tied vote goes to the nearest."""
+  k = neighbour_labels.shape[1]
+  is_class = neighbour_labels[:, :, None] == np.arange(num_classes)  # [Q, k, C]
+  votes = is_class.sum(axis=1)
+  nearest_rank = np.where(is_class.any(axis=1), is_class.argmax(axis=1), k)
+  return np.argmax(votes * (k + 1) - nearest_rank, axis=-1)  # Votes first; the rank only breaks ties.
+
+
+def mean_similarity(scorer, queries: np.ndarray, references: np.ndarray, chunk: int) -> np.ndarray:
+  """[Q, C]: each query's mean score against the references [C, K, D] of each class.
+
+  `chunk` queries are compared at a time, the last chunk padded to full size so that a jitted scorer
+  compiles once.
+  """
+  padded = np.zeros((-(-len(queries) // chunk) * chunk,) + queries.shape[1:], queries.dtype)
+  padded[:len(queries)] = queries
+  scores = [np.asarray(scorer.similarity(padded[start:start + chunk, None, None], references[None])).mean(-1)
+            for start in range(0, len(padded), chunk)]
+  return np.concatenate(scores)[:len(queries)]
+
+
+class Evaluator:
+  """Config: split (queries), reference_split, shots, max_queries, knn, seed, queries_per_chunk."""
+
+  def __init__(self, config, splits):
+    split = config.get('split', 'validation')
+    reference_split = config.get('reference_split', 'train')
+    if reference_split not in splits:
+      raise UserError(f'reference_split={reference_split!r} is not a split of this dataset '
+                      f'({", ".join(sorted(splits))})')
+    if reference_split == split:
+      raise UserError(f'reference_split and split are both {split!r}; queries would be compared with '
+                      'themselves: pick two different splits')
+    self.queries, self.references = splits[split], splits[reference_split]
+    if self.queries.class_names != self.references.class_names:
+      raise UserError(f'{split!r} and {reference_split!r} have different classes; reference classification '
+                      'needs the same classes in both')
+    self.shots = config.get('shots', 5)
+    self.knn = config.get('knn', 5)
+    self.chunk = config.get('queries_per_chunk', 256)
+    if self.shots < 1 or self.chunk < 1:
+      raise UserError(f'shots={self.shots}, queries_per_chunk={self.chunk}; both must be at least 1')
+    if not 0 <= self.knn <= len(self.references):
+      raise UserError(f'knn={self.knn}; use 0 (off) up to the {len(self.references)} images of {reference_split!r}')
+    self.seed = config.get('seed', 0)
+    # Queries and references are drawn once, so that every evaluation of a run scores the same task.
+    rng = np.random.default_rng(self.seed)
+    self.query_items = subsample(rng, len(self.queries), config.get('max_queries', 0), 'max_queries')
+    self.query_labels = self.queries.labels[self.query_items]
+    if len(np.unique(self.query_labels)) < 2:
+      raise UserError(f'the queries from {split!r} are all of one class; use a split (or max_queries) with two')
+    self.reference_items = draw_references(rng, self.references, self.shots, reference_split)
+
+  def __call__(self, scorer) -> dict[str, float]:
+    queries = scorer.embed(self.queries.images[self.query_items])
+    if self.knn:  # Every reference image is embedded for the vote; the K references are among them.
+      gallery = scorer.embed(self.references.images)
+      references = gallery[self.reference_items]
+    else:
+      references = scorer.embed(self.references.images[self.reference_items.ravel()])
+      references = references.reshape(self.reference_items.shape + references.shape[-1:])
+    scores = mean_similarity(scorer, queries, references, self.chunk)
+    predicted = inference.pick_with_random_ties(np.random.default_rng(self.seed + 1), scores)
+    result = {'accuracy': float(np.mean(predicted == self.query_labels))}
+    if self.references.num_classes == 2:  # Score of class 1 over class 0, for a threshold-free measure.
+      result['auc'] = metrics.roc_auc(scores[:, 1] - scores[:, 0], self.query_labels)
+    if self.knn:
+      neighbours, _ = retrieval.EmbeddingIndex(gallery, self.references.labels).query(queries, self.knn)
+      voted = knn_vote(self.references.labels[neighbours], self.references.num_classes)
+      result['knn_accuracy'] = float(np.mean(voted == self.query_labels))
+    return result

@@ -1,0 +1,52 @@
+"""Retrieval over a split's embeddings: precision@1 and MAP@R, each item querying all the others.
+
+This judges the embedding space itself (e.g. on CIFAR-100 test), not the head: the distances are the
+index's 'euclidean' or 'cosine', whatever head the network was trained with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamese_jax import retrieval
+from siamese_jax.errors import UserError
+
+
+def subsample(rng: np.random.Generator, n: int, max_items: int, key: str):
+  """Which of n items to use: all (a slice, so that indexing copies nothing) or `max_items` at random.
+
+  The chosen indices are sorted so that a subsample keeps the split's order.
+  """
+  if max_items < 0:
+    raise UserError(f'{key}={max_items}; use a positive number, or 0 for all')
+  if not max_items or max_items >= n:
+    return slice(None)
+  return np.sort(rng.choice(n, max_items, replace=False))
+
+
+class Evaluator:
+  """Config: split, metric ('euclidean' or 'cosine'), max_items (0 = all), seed."""
+
+  def __init__(self, config, splits):
+    split = config.get('split', 'validation')
+    self.metric = config.get('metric', 'euclidean')
+    if self.metric not in retrieval.METRICS:
+      raise UserError(f'metric={self.metric!r}; choose one of {", ".join(retrieval.METRICS)}')
+    image_set = splits[split]
+    items = subsample(np.random.default_rng(config.get('seed', 0)), len(image_set), config.get('max_items', 0),
+                      'max_items')
+    self.images = image_set.images[items]
+    self.labels = image_set.labels[items]
+    self.ids = np.arange(len(image_set))[items]  # Positions in the split, saved with the index.
+    _, counts = np.unique(self.labels, return_counts=True)
+    if len(counts) < 2 or counts.max() < 2:
+      raise UserError(f'retrieval on {split!r} needs two classes, one with two items; the {len(self.labels)} '
+                      f'items used have {len(counts)} classes of at most {counts.max(initial=0)} (raise max_items?)')
+
+  def index(self, scorer) -> retrieval.EmbeddingIndex:
+    """The embeddings of the items, labelled, ready to query or save."""
+    return retrieval.EmbeddingIndex(scorer.embed(self.images), self.labels, self.ids, self.metric)
+
+  def __call__(self, scorer) -> dict[str, float]:
+    index = self.index(scorer)
+    return {'precision_at_1': retrieval.precision_at_1(index), 'map_at_r': retrieval.map_at_r(index)}
