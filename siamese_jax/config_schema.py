@@ -24,6 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
   # True: the whole training split lives on the accelerator and batches are drawn inside the jitted
   # step. False: batches are gathered on the host and sent each step (for datasets too big for that).
   c.device_resident = True
+  # Device-resident images: False = a full copy on every device; True = split by rows over the devices
+  # (each holds 1/n of the dataset; batches are assembled with one reduce-scatter per step).
+  c.shard_dataset = False
 
   c.batch = ml_collections.ConfigDict()
   c.batch.kind = 'pairs'  # 'pairs' (bce, contrastive) or 'classes' (M-per-class, for triplet mining)

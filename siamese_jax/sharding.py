@@ -6,6 +6,7 @@ Parameters and the device-resident dataset are replicated; batches are sharded a
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -44,3 +45,35 @@ def put_replicated(tree, mesh: Mesh):
   """Host arrays -> the same value on every device (each process passes identical data)."""
   sharding = replicated(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def put_sharded_table(table: np.ndarray, mesh: Mesh):
+  """A host table (e.g. all training images) split by rows over the devices, zero-padded to fit."""
+  rows = -(-len(table) // mesh.size) * mesh.size
+  padded = np.zeros((rows,) + table.shape[1:], table.dtype)
+  padded[:len(table)] = table
+  return jax.make_array_from_callback(padded.shape, batch_sharded(mesh), lambda index: padded[index])
+
+
+def gather_rows(table, indices, mesh: Mesh, table_sharded: bool):
+  """table[indices], sharded along the first axis of `indices`.
+
+  A replicated table is gathered locally. A row-sharded table (device memory / devices each) is
+  gathered with every device contributing the rows it holds, zeros elsewhere, summed and scattered
+  back in one reduce-scatter: the batch crosses the interconnect once, the table never does.
+  """
+  out_sharding = batch_sharded(mesh)
+  if not table_sharded:
+    return jax.lax.with_sharding_constraint(table[indices], out_sharding)
+
+  def local_gather(shard, indices):
+    start = jax.lax.axis_index(DATA_AXIS) * shard.shape[0]
+    local = indices - start
+    mine = (local >= 0) & (local < shard.shape[0])
+    rows = shard[jnp.clip(local, 0, shard.shape[0] - 1)]
+    rows = jnp.where(mine.reshape(mine.shape + (1,) * (rows.ndim - mine.ndim)), rows, 0)
+    return jax.lax.psum_scatter(rows, DATA_AXIS, scatter_dimension=0, tiled=True)
+
+  gathered = jax.shard_map(local_gather, mesh=mesh, in_specs=(PartitionSpec(DATA_AXIS), PartitionSpec()),
+                           out_specs=PartitionSpec(DATA_AXIS))(table, indices)
+  return jax.lax.with_sharding_constraint(gathered, out_sharding)

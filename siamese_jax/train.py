@@ -91,15 +91,16 @@ def train_step(state: TrainState, images, labels, key, *, model, tx, config):
 def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, config):
   """`num_steps` steps with batches drawn and gathered on the device; returns the summed metrics.
 
-  The images and class layout are replicated on every device; indices are sampled identically
-  everywhere, and the gathered batch is constrained to be sharded along its first axis.
+  The class layout is replicated on every device and the images are replicated or split by rows
+  (`shard_dataset`); indices are sampled identically everywhere, and the gathered batch is sharded
+  along its first axis.
   """
 
   def body(state, step_key):
     draw_key, augment_key = jax.random.split(step_key)
     indices, labels = draw_batch(draw_key, data['layout'], config.batch)
-    indices, labels = jax.lax.with_sharding_constraint((indices, labels), sharding.batch_sharded(mesh))
-    images = jax.lax.with_sharding_constraint(data['images'][indices], sharding.batch_sharded(mesh))
+    labels = jax.lax.with_sharding_constraint(labels, sharding.batch_sharded(mesh))
+    images = sharding.gather_rows(data['images'], indices, mesh, config.shard_dataset)
     return train_step(state, images, labels, augment_key, model=model, tx=tx, config=config)
 
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(state.step + jnp.arange(num_steps))
@@ -108,6 +109,13 @@ def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, confi
   unroll = num_steps if jax.default_backend() == 'cpu' else 1
   state, step_metrics = jax.lax.scan(body, state, keys, unroll=unroll)
   return state, jax.tree.map(jnp.sum, step_metrics)
+
+
+def put_dataset(image_set, layout, config, mesh):
+  """The device-resident training data: images (replicated or row-sharded) and the class layout."""
+  images = (sharding.put_sharded_table(image_set.images, mesh) if config.shard_dataset
+            else sharding.put_replicated(image_set.images, mesh))
+  return {'images': images, 'layout': sharding.put_replicated(layout, mesh)}
 
 
 def host_step(state, images, labels, key, *, model, tx, config):
@@ -141,7 +149,9 @@ def _compile(config, model, tx, mesh, state_sharding):
   if config.device_resident:
     fn = functools.partial(device_resident_steps, num_steps=config.train.steps_per_call, mesh=mesh, model=model,
                            tx=tx, config=config)
-    return jax.jit(fn, in_shardings=(state_sharding, data_sharding, data_sharding),
+    images = sharding.batch_sharded(mesh) if config.shard_dataset else data_sharding
+    dataset_sharding = {'images': images, 'layout': data_sharding}
+    return jax.jit(fn, in_shardings=(state_sharding, dataset_sharding, data_sharding),
                    out_shardings=(state_sharding, data_sharding), donate_argnums=0)
   fn = functools.partial(host_step, model=model, tx=tx, config=config)
   batch = sharding.batch_sharded(mesh)
@@ -201,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   layout = samplers.class_layout(train_set.labels, train_set.groups)
   step_fn = _compile(config, model, tx, mesh, state_sharding)
   if config.device_resident:
-    data = sharding.put_replicated({'images': train_set.images, 'layout': layout}, mesh)
+    data = put_dataset(train_set, layout, config, mesh)
     steps_per_call = config.train.steps_per_call
   else:
     host_batches = HostBatches(train_set, layout, config, mesh)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import chex
 import jax
@@ -45,18 +46,19 @@ def one_step(config, mesh, image_set):
   tx = train.make_optimizer(config.optimizer)
   state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
   state = jax.device_put(state, sharding.replicated(mesh))
-  data = sharding.put_replicated(
-      {'images': image_set.images, 'layout': samplers.class_layout(image_set.labels, image_set.groups)}, mesh)
+  data = train.put_dataset(image_set, samplers.class_layout(image_set.labels, image_set.groups), config, mesh)
   step_fn = train._compile(config, model, tx, mesh, sharding.replicated(mesh))
   return step_fn, (state, data, jax.random.key(7))
 
 
-def test_two_device_step_equals_single_device_step():
+@pytest.mark.parametrize('shard_dataset', [False, True])
+def test_two_device_step_equals_single_device_step(shard_dataset):
   assert jax.device_count() == 2, 'conftest sets two simulated CPU devices'
   config = tiny_config(steps_per_call=2)
-  image_set = synthetic_image_set()
+  image_set = synthetic_image_set(per_class=5)  # 60 images: an odd number per device when sharded
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
+    config.shard_dataset = shard_dataset and len(devices) > 1
     step_fn, args = one_step(config, sharding.data_mesh(devices), image_set)
     state, sums = step_fn(*args)
     results.append((jax.device_get(state.params), jax.device_get(sums)))
@@ -67,14 +69,21 @@ def test_two_device_step_equals_single_device_step():
   assert int(jax.device_get(state.step)) == 2
 
 
-def test_step_keeps_the_batch_sharded():
+@pytest.mark.parametrize('shard_dataset', [False, True])
+def test_step_keeps_the_batch_sharded(shard_dataset):
   """The pair batch must not be gathered onto every device: only gradients are all-reduced."""
   config = tiny_config()
+  config.shard_dataset = shard_dataset
   mesh = sharding.data_mesh()
   step_fn, args = one_step(config, mesh, synthetic_image_set())
   hlo = step_fn.lower(*args).compile().as_text()
   assert 'all-reduce' in hlo
-  assert 'all-gather' not in hlo and 'all-to-all' not in hlo
+  assert 'all-to-all' not in hlo
+  # Images never travel by all-gather; with a sharded dataset the 16x2 pair indices may (int32).
+  gathered = re.findall(r'= (\w+)\[[\d,]*\]\{[\d,]*\} all-gather\(', hlo)
+  assert set(gathered) <= ({'s32'} if shard_dataset else set()), gathered
+  # A sharded dataset is assembled into the batch by one reduce-scatter, never gathered whole.
+  assert ('reduce-scatter' in hlo) == shard_dataset
 
 
 def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits):
