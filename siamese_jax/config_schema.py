@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_sizes = (10, 7, 4, 4)
   c.model.blocks_per_stage = 2  # resnet only
   c.model.embedding_dim = 4096
+  c.model.koch = True  # conv_tower: Koch's initialisation and sigmoid embedding (False: Flax defaults, linear)
   c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
 

@@ -32,27 +32,32 @@ class ConvTower(nn.Module):
 
   conv(64@10x10) - pool - conv(128@7x7) - pool - conv(128@4x4) - pool - conv(256@4x4) - dense(4096,
   sigmoid). Convolution weights ~ N(0, 1e-2), all biases ~ N(0.5, 1e-2), dense weights ~ N(0, 0.2).
-  Smaller towers (for tests and small images) change the widths and kernel sizes.
+  Smaller towers (for tests and small images) change the widths and kernel sizes. With `koch=False`
+  the same tower uses Flax's default initialisation and a linear embedding, which suits the metric
+  losses (a sigmoid bounds every distance).
   """
 
   features: Sequence[int] = (64, 128, 128, 256)
   kernel_sizes: Sequence[int] = (10, 7, 4, 4)
   embedding_dim: int = 4096
+  koch: bool = True  # the paper's initialisation and sigmoid embedding; False: Flax's defaults, linear
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    bias_init = normal_init(0.5, 1e-2)
+    inits = {}
+    if self.koch:
+      inits = dict(kernel_init=normal_init(0.0, 1e-2), bias_init=normal_init(0.5, 1e-2))
     for i, (features, size) in enumerate(zip(self.features, self.kernel_sizes)):
-      x = nn.Conv(features, (size, size), padding='VALID', dtype=self.dtype,
-                  kernel_init=normal_init(0.0, 1e-2), bias_init=bias_init, name=f'conv{i}')(x)
+      x = nn.Conv(features, (size, size), padding='VALID', dtype=self.dtype, name=f'conv{i}', **inits)(x)
       x = nn.relu(x)
       if i < len(self.features) - 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=normal_init(0.0, 0.2),
-                 bias_init=bias_init, name='embedding')(x)
-    return nn.sigmoid(x)
+    if self.koch:
+      inits['kernel_init'] = normal_init(0.0, 0.2)
+    x = nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding', **inits)(x)
+    return nn.sigmoid(x) if self.koch else x
 
 
 class ResidualBlock(nn.Module):
@@ -170,7 +175,7 @@ def build(model_config) -> SiameseNet:
   dtype = _DTYPES[model_config.dtype]
   if model_config.encoder == 'conv_tower':
     encoder = ConvTower(features=tuple(model_config.features), kernel_sizes=tuple(model_config.kernel_sizes),
-                        embedding_dim=model_config.embedding_dim, dtype=dtype)
+                        embedding_dim=model_config.embedding_dim, koch=model_config.koch, dtype=dtype)
   elif model_config.encoder == 'resnet':
     encoder = ResNet(stage_features=tuple(model_config.features),
                      blocks_per_stage=model_config.blocks_per_stage,

@@ -160,3 +160,15 @@ def test_host_pipeline_matches_device_resident_training_shape(tmp_path, syntheti
   config.device_resident = False
   best = train.train_and_evaluate(config, str(tmp_path / 'host'))
   assert 'oneshot/accuracy' in best
+
+
+def test_early_stopping_after_patience_validations(tmp_path, synthetic_splits, monkeypatch, caplog):
+  scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])  # best at the 2nd validation, then two worse ones
+  monkeypatch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
+  config = tiny_config(num_steps=120, eval_every=10, patience=2)
+  with caplog.at_level('INFO'):
+    best = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert best['step'] == 20 and best['oneshot/accuracy'] == 0.7
+  history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+  assert [h['step'] for h in history] == [10, 20, 30, 40]
+  assert 'early stop: oneshot/accuracy did not improve for 2 validations' in caplog.text

@@ -1,0 +1,57 @@
+"""NIH malaria cells: is a cell parasitized? Decided by comparing it with labelled reference cells.
+
+The shared copy is all 27,558 cells downscaled to 50x50 grayscale by a third party; results say which
+copy they are on (the ImageSet's `source`). Patients never span two splits.
+Variants: `:smoke` (a few hundred steps, for the end-to-end test).
+"""
+
+from siamese_jax import config_schema
+
+
+def get_config(variant: str = ''):
+  config = config_schema.base_config()
+  config.data.name = 'malaria'
+  config.data.manual_dir = ''  # holds cell_images.zip or cell_images_50px_gray.zip; '' = $SIAMESE_JAX_DATA/malaria
+  config.data.tfds_data_dir = ''
+  config.data.image_size = 50
+  config.data.channels = 1
+  config.data.validation_fraction = 0.1
+  config.data.test_fraction = 0.2
+  config.data.split_seed = 0
+
+  config.augment.translate_px = 3.0
+  config.augment.rotation_deg = 20.0
+  config.model.features = (32, 64, 64)
+  config.model.kernel_sizes = (5, 3, 3)
+  config.model.embedding_dim = 128
+  config.model.koch = False
+  config.model.head = 'euclidean'
+  config.loss.name = 'contrastive'
+  config.loss.margin = 2.0
+  config.batch.size = 128
+  config.batch.same_group_prob = 0.0
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.decay_rate = 0.95
+  config.optimizer.decay_steps = 500
+  config.train.num_steps = 5000
+  config.train.log_every = 100
+  config.train.eval_every = 500
+  config.train.steps_per_call = 10
+  config.train.patience = 4
+  config.train.best_metric = 'reference/accuracy'
+  # A validation cell is classified by its mean similarity to K training cells of each class.
+  config.evaluators.reference = dict(kind='reference', split='validation', reference_split='train', shots=10,
+                                     max_queries=1000, knn=5)
+  config.test_evaluators.test = dict(kind='reference', split='test', reference_split='train', shots=10, knn=5)
+  config.test_evaluators.test_pairs = dict(kind='verification', split='test', threshold_split='validation',
+                                           pairs=4000)
+
+  if variant == 'smoke':
+    config.train.num_steps = 300
+    config.train.eval_every = 150
+    config.train.patience = 0
+    config.evaluators.reference.max_queries = 500
+    config.test_evaluators.test.max_queries = 1000
+  elif variant:
+    raise ValueError(f'unknown variant {variant!r} of configs/malaria.py (known: smoke)')
+  return config
