@@ -1,0 +1,199 @@
+"""The pair tools: show_pairs draws training's pairs, compare scores two image files with a trained run."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import chex
+import ml_collections
+import numpy as np
+import pytest
+from conftest import REPO, synthetic_image_set
+from PIL import Image
+from test_train import tiny_config
+
+from siamese_jax import cli, compare, datasets, evaluate, plots, show_pairs, train
+from siamese_jax.datasets import omniglot
+from siamese_jax.errors import UserError
+
+CONFIG = str(REPO / 'configs' / 'omniglot.py')
+
+
+@pytest.fixture(scope='module')
+def splits():
+  return {'train': synthetic_image_set(seed=0), 'validation': synthetic_image_set(seed=1)}
+
+
+@pytest.fixture(autouse=True)
+def synthetic_data(monkeypatch, splits):
+  monkeypatch.setattr(datasets, 'load_splits', lambda data_config: splits)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, splits):
+  """A run trained for two steps on the synthetic splits (16 px, named omniglot: files are inverted)."""
+  config = tiny_config(num_steps=2)
+  config.data.image_size = 16
+  path = str(tmp_path_factory.mktemp('run'))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(datasets, 'load_splits', lambda data_config: splits)
+    train.train_and_evaluate(config, path)
+  return path
+
+
+def run_main(module, monkeypatch, *args):
+  """Runs a tool's command line in this process, as `python -m` would parse it."""
+  argv = [module.__name__, *args]
+  monkeypatch.setattr(sys, 'argv', argv)  # config overrides are read from sys.argv
+  module.FLAGS.unparse_flags()
+  module.main(cli.parse_flags(argv, module.FLAGS))
+
+
+def assert_one_line_error(exit_info, fragment):
+  message = exit_info.value.code
+  assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
+  assert fragment in message
+
+
+def write_png(path, image):
+  """Writes uint8 [H, W, 1] as a grayscale PNG file."""
+  Image.fromarray(image[..., 0]).save(path)
+  return str(path)
+
+
+def test_show_pairs_writes_training_pairs_with_the_config_fraction(tmp_path, monkeypatch, capsys):
+  out = tmp_path / 'pairs.png'
+  run_main(show_pairs, monkeypatch, f'--config={CONFIG}:smoke', f'--out={out}', '--rows=3', '--cols=4',
+           '--config.batch.positive_fraction=0.25')
+  assert '3 positive and 9 negative pairs' in capsys.readouterr().out
+  with Image.open(out) as image:
+    assert image.format == 'PNG' and min(image.size) > 100
+
+
+def test_draw_pairs_positive_pairs_share_a_class(splits):
+  """Every class of the synthetic set is one pattern, so same-class pairs differ only by sparse noise."""
+  config = ml_collections.ConfigDict({'positive_fraction': 0.5, 'same_group_prob': 1.0})
+  pairs, labels = show_pairs.draw_pairs(splits['train'], config, 40, seed=3)
+  chex.assert_shape(pairs, (40, 2, 16, 16, 1))
+  differing = np.mean(pairs[:, 0] != pairs[:, 1], axis=(1, 2, 3))
+  assert labels.sum() == 20
+  assert differing[labels == 1].max() < differing[labels == 0].min()
+
+
+def test_show_pairs_scores_pairs_with_a_trained_run(tmp_path, monkeypatch, workdir):
+  drawn, montage = {}, plots.pair_montage
+
+  def spy(path, images_a, images_b, labels, scores, *args, **kwargs):
+    drawn.update(images_a=images_a, images_b=images_b, scores=scores)
+    return montage(path, images_a, images_b, labels, scores, *args, **kwargs)
+
+  monkeypatch.setattr(plots, 'pair_montage', spy)
+  run_main(show_pairs, monkeypatch, f'--workdir={workdir}', f'--out={tmp_path / "scored.png"}', '--rows=2',
+           '--cols=2')  # no --config: the run's own
+  _, _, scorer = evaluate.load_trained(workdir)
+  expected = scorer.similarity(scorer.embed(drawn['images_a']), scorer.embed(drawn['images_b']))
+  chex.assert_trees_all_close(drawn['scores'], expected, rtol=1e-5)
+  assert (tmp_path / 'scored.png').exists()
+
+
+@pytest.mark.parametrize('args,fragment', [
+    (('--config=missing.py',), 'config file missing.py not found'),
+    ((f'--config={CONFIG}', '--config.batch.nope=1'), 'nope'),
+    ((f'--config={CONFIG}', '--rows=0'), '--rows'),
+    ((f'--config={CONFIG}', '--split=test'), 'not a split'),
+    ((), 'give --config'),
+])
+def test_show_pairs_bad_input_is_one_line(tmp_path, monkeypatch, args, fragment):
+  with pytest.raises(SystemExit) as exit_info:
+    run_main(show_pairs, monkeypatch, f'--out={tmp_path / "pairs.png"}', *args)
+  assert_one_line_error(exit_info, fragment)
+  assert not (tmp_path / 'pairs.png').exists()
+
+
+def test_compare_prints_the_scorer_similarity_symmetrically(tmp_path, monkeypatch, capsys, workdir, splits):
+  images = splits['validation'].images[[0, 7]]
+  # Omniglot files are dark on light: the tool must invert them back into the training images.
+  a, b = (write_png(tmp_path / f'{name}.png', 255 - image) for name, image in zip('ab', images))
+  printed = []
+  for first, second in ((a, b), (b, a)):
+    run_main(compare, monkeypatch, f'--workdir={workdir}', f'--image_a={first}', f'--image_b={second}',
+             f'--out={tmp_path / "comparison.png"}')
+    printed.append(capsys.readouterr().out)
+  similarities = [float(re.search(r'similarity (\S+)', out).group(1)) for out in printed]
+  same = float(re.search(r'P\(same\) (\S+)', printed[0]).group(1))
+
+  _, _, scorer = evaluate.load_trained(workdir)
+  embeddings = scorer.embed(images)
+  expected = float(scorer.similarity(embeddings[0], embeddings[1]))
+  np.testing.assert_allclose(similarities, [expected, expected], atol=2e-6)
+  np.testing.assert_allclose(same, 1 / (1 + math.exp(-expected)), atol=1e-4)
+  with Image.open(tmp_path / 'comparison.png') as image:
+    assert image.format == 'PNG'
+
+
+def test_compare_reads_files_as_the_omniglot_loader_does(tmp_path):
+  """A black-on-white drawing, shrunk: exactly the array the dataset loader makes of it."""
+  rng = np.random.default_rng(0)
+  drawing = np.where(rng.random((105, 105)) > 0.9, 0, 255).astype(np.uint8)
+  path = tmp_path / 'drawing.png'
+  Image.fromarray(drawing).save(path)
+  form = compare.input_form(ml_collections.ConfigDict({'name': 'omniglot', 'image_size': 32}))
+  chex.assert_trees_all_equal(compare.to_model_input(compare.read_image(str(path)), form),
+                              omniglot.decode_png(path.read_bytes(), 32))
+
+
+def test_compare_input_form_by_dataset():
+  form = lambda **data: compare.input_form(ml_collections.ConfigDict(data))
+  assert form(name='mnist') == compare.InputForm(28, 1, invert=False)
+  assert form(name='cifar100').channels == 3
+  assert form(name='malaria', image_size=64, channels=3) == compare.InputForm(64, 3, invert=False)
+  with pytest.raises(UserError, match='image_size'):
+    form(name='unknown')
+
+
+def test_compare_fills_transparency_with_the_dataset_background():
+  """A dark stroke on a transparent background reads like the same stroke on white paper."""
+  rgba = np.zeros((8, 8, 4), np.uint8)
+  rgba[2:6, 3, 3] = 255  # an opaque black stroke; elsewhere transparent black
+  form = compare.InputForm(8, 1, invert=True)
+  image = compare.to_model_input(Image.fromarray(rgba, 'RGBA'), form)
+  expected = np.zeros((8, 8, 1), np.uint8)
+  expected[2:6, 3] = 255
+  chex.assert_trees_all_equal(image, expected)
+
+
+def test_compare_workdir_without_checkpoint_is_one_line(tmp_path, monkeypatch, splits):
+  image = write_png(tmp_path / 'a.png', splits['train'].images[0])
+  run = tmp_path / 'empty_run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(tiny_config().to_dict()))
+  with pytest.raises(SystemExit) as exit_info:
+    run_main(compare, monkeypatch, f'--workdir={run}', f'--image_a={image}', f'--image_b={image}')
+  assert_one_line_error(exit_info, 'no checkpoint')
+
+
+@pytest.mark.parametrize('bad,fragment', [
+    ('missing.png', 'not found'),
+    ('notes.png', 'not an image file'),
+    ('.', 'cannot read image file'),
+])
+def test_compare_bad_image_file_is_one_line(tmp_path, monkeypatch, splits, bad, fragment):
+  good = write_png(tmp_path / 'a.png', splits['train'].images[0])
+  (tmp_path / 'notes.png').write_text('not an image')
+  with pytest.raises(SystemExit) as exit_info:
+    run_main(compare, monkeypatch, '--workdir=unused', f'--image_a={good}', f'--image_b={tmp_path / bad}')
+  assert_one_line_error(exit_info, fragment)
+
+
+def test_compare_command_line_error_exits_nonzero_with_only_that_line(tmp_path):
+  """The files are read before the run is loaded: a bad one costs no model load and logs nothing else."""
+  (tmp_path / 'notes.png').write_text('not an image')
+  result = subprocess.run([sys.executable, '-m', 'siamese_jax.compare', f'--workdir={tmp_path}',
+                           f'--image_a={tmp_path / "notes.png"}', f'--image_b={tmp_path / "notes.png"}',
+                           f'--out={tmp_path / "c.png"}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert result.stderr == f'error: {tmp_path / "notes.png"} is not an image file that Pillow can read\n'
+  assert not (tmp_path / 'c.png').exists()
