@@ -47,11 +47,15 @@ def get_config(variant: str = ''):
                                            pairs=4000)
 
   if variant == 'smoke':
+    config.model.features = (16, 32, 32)
+    config.batch.size = 64
     config.train.num_steps = 300
     config.train.eval_every = 150
     config.train.patience = 0
     config.evaluators.reference.max_queries = 500
+    config.evaluators.reference.knn = 0  # k-NN embeds all 18k training cells: left to the test evaluation
     config.test_evaluators.test.max_queries = 1000
+    config.test_evaluators.test_pairs.pairs = 1000
   elif variant:
     raise ValueError(f'unknown variant {variant!r} of configs/malaria.py (known: smoke)')
   return config

@@ -1,7 +1,7 @@
 """MNIST pairs: a small CNN encoder trained with the contrastive loss over all ten digits.
 
 Variants: `:bce` (Koch's weighted-L1 head with binary cross-entropy), `:triplet` (M-per-class batches
-with batch-hard triplet mining), `:smoke` (a few hundred steps, for the end-to-end test).
+with semi-hard triplet mining), `:smoke` (a few hundred steps, for the end-to-end test).
 """
 
 from siamese_jax import config_schema
@@ -49,7 +49,9 @@ def get_config(variant: str = ''):
       config.loss.name = 'bce'
     elif name == 'triplet':
       config.loss.name = 'triplet'
-      config.loss.mining = 'batch_hard'
+      # Batch-hard from a random start collapsed every embedding to one point here (loss stuck at the
+      # margin); semi-hard negatives train from scratch (0.977 verification accuracy at step 150).
+      config.loss.mining = 'semi_hard'
       config.loss.margin = 0.5
       config.batch.kind = 'classes'
       config.batch.images_per_class = 8
