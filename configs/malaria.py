@@ -49,6 +49,7 @@ def get_config(variant: str = ''):
   if variant == 'smoke':
     config.model.features = (16, 32, 32)
     config.batch.size = 64
+    config.optimizer.learning_rate = 3e-3
     config.train.num_steps = 300
     config.train.eval_every = 150
     config.train.patience = 0
