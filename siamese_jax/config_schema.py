@@ -110,3 +110,18 @@ def validate(config) -> None:
   augment.AffineConfig.from_config(config.augment)
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config.json, with defaults filled in for keys added since it was written."""
+  config = base_config()
+
+  def merge(target, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in target and isinstance(target[key], ml_collections.ConfigDict):
+        merge(target[key], value)
+      else:
+        target[key] = value
+
+  merge(config, saved)
+  return config

@@ -13,11 +13,10 @@ import json
 import os
 import sys
 
-import ml_collections
 import numpy as np
 from absl import app, flags
 
-from siamese_jax import checkpoints, inference, lake_runs, models, sharding
+from siamese_jax import checkpoints, config_schema, inference, lake_runs, models, sharding
 from siamese_jax.errors import UserError
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holding config.json and checkpoints/).')
@@ -33,7 +32,7 @@ def load_trained(workdir: str, which: str = 'best'):
   if not os.path.exists(config_path):
     raise UserError(f'{workdir} is not a training workdir (no config.json)')
   with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = config_schema.from_saved(json.load(f))
   manager = checkpoints.Manager(workdir, config.train.best_metric)
   steps = manager.steps()
   if not steps:

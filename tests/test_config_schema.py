@@ -1,0 +1,33 @@
+"""Config defaults, validation and reading back a run's saved config."""
+
+import json
+
+import pytest
+
+from configs import cifar100, malaria, mnist, mnist_heldout, omniglot
+from siamese_jax import config_schema
+from siamese_jax.errors import UserError
+
+
+@pytest.mark.parametrize('module,variant', [(omniglot, ''), (omniglot, 'smoke'), (mnist, ''), (mnist, 'bce'),
+                                            (mnist, 'triplet'), (mnist_heldout, ''), (malaria, ''), (cifar100, '')])
+def test_every_task_config_validates(module, variant):
+  config_schema.validate(module.get_config(variant))
+
+
+def test_saved_config_round_trips_and_gains_new_defaults():
+  config = mnist.get_config('smoke')
+  saved = json.loads(config.to_json_best_effort())
+  del saved['model']['koch']  # as written by a run from before the key existed
+  restored = config_schema.from_saved(saved)
+  assert restored.model.koch is True
+  assert tuple(restored.data.train_digits) == config.data.train_digits
+  assert restored.train.num_steps == config.train.num_steps
+  config_schema.validate(restored)
+
+
+def test_triplet_needs_class_batches():
+  config = mnist.get_config('triplet')
+  config.batch.kind = 'pairs'
+  with pytest.raises(UserError, match="batch.kind='classes'"):
+    config_schema.validate(config)
