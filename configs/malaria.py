@@ -9,7 +9,7 @@ from siamese_jax import config_schema
 
 
 def get_config(variant: str = ''):
-  config = config_schema.base_config()
+  config = config_schema.contrastive_config(features=(32, 64, 64), kernel_sizes=(5, 3, 3))
   config.data.name = 'malaria'
   config.data.manual_dir = ''  # holds cell_images.zip or cell_images_50px_gray.zip; '' = $SIAMESE_JAX_DATA/malaria
   config.data.tfds_data_dir = ''
@@ -21,23 +21,6 @@ def get_config(variant: str = ''):
 
   config.augment.translate_px = 3.0
   config.augment.rotation_deg = 20.0
-  config.model.features = (32, 64, 64)
-  config.model.kernel_sizes = (5, 3, 3)
-  config.model.embedding_dim = 128
-  config.model.koch = False
-  config.model.head = 'euclidean'
-  config.loss.name = 'contrastive'
-  config.loss.margin = 2.0
-  config.batch.size = 128
-  config.batch.same_group_prob = 0.0
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.decay_rate = 0.95
-  config.optimizer.decay_steps = 500
-  config.train.num_steps = 5000
-  config.train.log_every = 100
-  config.train.eval_every = 500
-  config.train.steps_per_call = 10
-  config.train.patience = 4
   config.train.best_metric = 'reference/accuracy'
   # A validation cell is classified by its mean similarity to K training cells of each class.
   config.evaluators.reference = dict(kind='reference', split='validation', reference_split='train', shots=10,

@@ -10,7 +10,7 @@ DIGITS = tuple(range(10))
 
 
 def get_config(variant: str = ''):
-  config = config_schema.base_config()
+  config = config_schema.contrastive_config(features=(32, 64), kernel_sizes=(5, 3))
   config.data.name = 'mnist'
   config.data.manual_dir = ''  # holds the four idx files; '' = $SIAMESE_JAX_DATA/mnist
   config.data.tfds_data_dir = ''
@@ -20,23 +20,6 @@ def get_config(variant: str = ''):
   config.data.test_sets = {'test': DIGITS}
 
   config.augment.strength = 0.0
-  config.model.features = (32, 64)
-  config.model.kernel_sizes = (5, 3)
-  config.model.embedding_dim = 128
-  config.model.koch = False
-  config.model.head = 'euclidean'
-  config.loss.name = 'contrastive'
-  config.loss.margin = 2.0
-  config.batch.size = 128
-  config.batch.same_group_prob = 0.0
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.decay_rate = 0.95
-  config.optimizer.decay_steps = 500
-  config.train.num_steps = 5000
-  config.train.log_every = 100
-  config.train.eval_every = 500
-  config.train.steps_per_call = 10
-  config.train.patience = 4
   config.train.best_metric = 'verification/accuracy'
   # The threshold is chosen on validation pairs (a separate draw), never fixed.
   config.evaluators.verification = dict(kind='verification', split='validation', threshold_split='validation',
