@@ -1,0 +1,139 @@
+"""The throughput benchmark: FLOP counts, cost-analysis handling, and a CPU smoke run of the command."""
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, synthetic_image_set
+
+from siamese_jax import config_schema, samplers, sharding, train
+from siamese_jax.errors import UserError
+
+# benchmarks/ is a folder of the repository, not of the installed package: importable from its root only.
+sys.path.insert(0, str(REPO))
+from benchmarks import throughput  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+KOCH_FORWARD_GFLOP = 1.817
+
+
+def test_koch_tower_forward_flops():
+  c = config_schema.base_config()
+  flops = throughput.conv_tower_forward_flops((105, 105, 1), c.model.features, c.model.kernel_sizes,
+                                              c.model.embedding_dim)
+  assert flops / 1e9 == pytest.approx(KOCH_FORWARD_GFLOP, abs=5e-4)
+
+
+def test_analytic_step_flops_counts_both_images_of_each_pair_three_times():
+  c = config_schema.base_config()
+  c.batch.size = 32
+  assert throughput.analytic_step_flops(c, (105, 105, 1)) / 1e9 == pytest.approx(
+      32 * 2 * 3 * KOCH_FORWARD_GFLOP, rel=5e-4)
+  c.batch.kind = 'classes'  # M-per-class batches: batch.size images, not pairs
+  assert throughput.analytic_step_flops(c, (105, 105, 1)) / 1e9 == pytest.approx(
+      32 * 3 * KOCH_FORWARD_GFLOP, rel=5e-4)
+  c.model.encoder = 'resnet'
+  assert throughput.analytic_step_flops(c, (32, 32, 3)) is None
+
+
+class _Compiled:
+
+  def __init__(self, analysis):
+    self._analysis = analysis
+
+  def cost_analysis(self):
+    return self._analysis
+
+
+@pytest.mark.parametrize('analysis, expected', [
+    ({'flops': 5.0, 'bytes accessed': 1.0}, 10.0),  # current jax: a dict
+    ([{'flops': 5.0}], 10.0),  # older jax: a list of one dict per program
+    ([], None),
+    (None, None),
+    ({'bytes accessed': 1.0}, None),
+    ({'flops': -1.0}, None),  # XLA's "unknown"
+])
+def test_xla_flops_sums_devices_and_tolerates_every_cost_analysis_form(analysis, expected):
+  assert throughput.xla_flops(_Compiled(analysis), num_devices=2) == expected
+
+
+def test_variant_overrides_a_copy_and_validates():
+  c = config_schema.base_config()
+  c.lock()
+  v = throughput.variant(c, **{'batch.size': 8, 'model.dtype': 'bfloat16'})
+  assert (v.batch.size, v.model.dtype, c.batch.size, c.model.dtype) == (8, 'bfloat16', 32, 'float32')
+  with pytest.raises(UserError, match='steps_per_call'):
+    throughput.variant(c, device_resident=False, **{'train.steps_per_call': 2})
+
+
+def test_random_images_need_an_image_size():
+  c = config_schema.base_config()
+  with pytest.raises(UserError, match='data.image_size'):
+    throughput.training_images(c, 'synthetic', channels=1)
+  c.data.image_size = 12
+  image_set = throughput.training_images(c, 'synthetic', channels=3)
+  assert image_set.image_shape == (12, 12, 3) and image_set.num_classes > 1
+
+
+def test_auto_data_falls_back_to_random_images_only_when_asked(monkeypatch):
+  def missing(data_config):
+    raise UserError('no archive')
+
+  monkeypatch.setattr(throughput.datasets, 'load_splits', missing)
+  c = config_schema.base_config()
+  c.data.image_size = 10
+  assert throughput.training_images(c, 'auto', channels=1).source == 'random images, 10px'
+  with pytest.raises(UserError, match='no archive'):
+    throughput.training_images(c, 'config', channels=1)
+
+
+def test_command_on_cpu_writes_consistent_results(tmp_path):
+  out = tmp_path / 'throughput.json'
+  batch, steps_per_call, peak = 8, 2, 100.0
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.throughput', '--config=configs/omniglot.py:smoke', f'--batch_sizes={batch}',
+       '--dtypes=float32', '--steps=2', '--warmup=1', f'--steps_per_call={steps_per_call}', '--data=synthetic',
+       f'--peak_tflops={peak}', f'--json={out}'],
+      cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| synthetic | 8 | float32 | 1 |' in result.stdout
+  report = json.loads(out.read_text())
+  assert report['environment']['devices'] == 2  # conftest's simulated CPU devices, inherited
+  rows = report['results']
+  assert [(r['mode'], r['steps_per_call']) for r in rows] == [('synthetic', 1), ('end_to_end', steps_per_call)]
+  for r in rows:
+    assert r['batch_size'] == batch and r['dtype'] == 'float32' and r['data'] != ''
+    assert r['compile_s'] > 0 and len(r['step_ms_samples']) == 2 and min(r['step_ms_samples']) > 0
+    assert r['step_ms'] == pytest.approx(statistics.median(r['step_ms_samples']))
+    assert r['pairs_per_s'] == pytest.approx(batch / (r['step_ms'] / 1e3))
+    assert r['flops_source'] == 'xla'
+    # XLA's count of the training step (no input gradient for the first layer) is close to 3x forward.
+    assert 0.8 < r['xla_flops_per_step'] / r['analytic_flops_per_step'] < 1.1
+    assert r['tflops'] == pytest.approx(r['xla_flops_per_step'] / (r['step_ms'] / 1e3) / 1e12)
+    assert r['peak_fraction'] == pytest.approx(r['tflops'] / peak)
+
+
+def test_command_reports_an_indivisible_batch_in_one_line():
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.throughput', '--config=configs/omniglot.py:smoke', '--batch_sizes=3',
+       '--data=synthetic'], cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 2
+  assert 'error: batch size 3 is not divisible by the 2 devices' in result.stderr
+
+
+def test_benchmark_measures_m_per_class_batches_for_triplet_loss():
+  c = config_schema.base_config()
+  c.model.update(features=(4,), kernel_sizes=(3,), embedding_dim=8, head='euclidean')
+  c.loss.update(name='triplet', mining='batch_hard')
+  c.batch.update(kind='classes', size=8, images_per_class=2)
+  c.train.steps_per_call = 2
+  image_set = synthetic_image_set(size=8)
+  mesh = sharding.data_mesh()
+  data = train.put_dataset(image_set, samplers.class_layout(image_set.labels, image_set.groups), c, mesh)
+  rows = throughput.benchmark(c, image_set, data, mesh, warmup=0, steps=1, peak_tflops=1.0)
+  assert [(r.mode, r.steps_per_call, r.data) for r in rows] == [('synthetic', 1, 'random batch'),
+                                                                ('end_to_end', 2, 'synthetic')]
+  forward = throughput.conv_tower_forward_flops((8, 8, 1), (4,), (3,), 8)
+  assert rows[0].analytic_flops_per_step == 3 * 8 * forward  # 8 images, not 8 pairs
+  assert all(r.step_ms > 0 and r.pairs_per_s == pytest.approx(8e3 / r.step_ms) for r in rows)
