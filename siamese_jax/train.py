@@ -159,10 +159,10 @@ def _compile(config, model, tx, mesh, state_sharding):
                  out_shardings=(state_sharding, data_sharding), donate_argnums=0)
 
 
-def _log_line(step, num_steps, sums, count, lr, pairs_per_s):
+def _log_line(step, num_steps, sums, count, lr, rate, unit):
   means = {k: float(v) / count for k, v in sums.items()}
-  logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.3g  %.0f examples/s', step, num_steps,
-               means['loss'], means['accuracy'], lr, pairs_per_s)
+  logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.3g  %.0f %s/s', step, num_steps,
+               means['loss'], means['accuracy'], lr, rate, unit)
   return means
 
 
@@ -204,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-  writer = _metric_writer(workdir) if is_main else None
+  writer = MetricWriter(workdir) if is_main else None
   logging.info('training on %s: %d images, %d classes; %d devices; from step %d', train_set.source,
                len(train_set), train_set.num_classes, mesh.size, start_step)
 
@@ -239,10 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sums = jax.device_get(sums)
       now = time.perf_counter()
       rate = (step - last_step) * config.batch.size / (now - last_time)
-      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate)
+      unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
+      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate, unit)
       if writer:
         writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': float(
-            schedule(step)), 'train/examples_per_second': rate}, step)
+            schedule(step)), f'train/{unit}_per_second': rate}, step)
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
 
     if step % config.train.eval_every < steps_per_call or step >= num_steps:
@@ -315,7 +316,7 @@ def _write_history(workdir, history):
   plots.learning_curve(os.path.join(workdir, 'learning_curve.png'), history)
 
 
-class _metric_writer:  # pylint: disable=invalid-name
+class MetricWriter:
   """Scalars to TensorBoard event files in the workdir (no TensorFlow needed)."""
 
   def __init__(self, workdir):

@@ -41,7 +41,7 @@ def test_koch_initialisation_statistics():
 
 def test_small_tower_output_and_bf16_compute_keeps_f32_params():
   config = ml_collections.ConfigDict(dict(encoder='conv_tower', features=(8, 16), kernel_sizes=(5, 3),
-                                          embedding_dim=32, head='weighted_l1', dtype='bfloat16',
+                                          embedding_dim=32, head='weighted_l1', dtype='bfloat16', koch=True,
                                           blocks_per_stage=1))
   model = models.build(config)
   pairs = jax.random.uniform(jax.random.key(0), (3, 2, 28, 28, 1))
@@ -56,7 +56,7 @@ def test_small_tower_output_and_bf16_compute_keeps_f32_params():
 
 def test_pair_call_equals_embedding_each_image_then_comparing():
   config = ml_collections.ConfigDict(dict(encoder='conv_tower', features=(4, 8), kernel_sizes=(3, 3),
-                                          embedding_dim=16, head='weighted_l1', dtype='float32',
+                                          embedding_dim=16, head='weighted_l1', dtype='float32', koch=True,
                                           blocks_per_stage=1))
   model = models.build(config)
   pairs = jax.random.uniform(jax.random.key(0), (5, 2, 16, 16, 1))
