@@ -57,7 +57,6 @@ flags.DEFINE_integer('image_channels', 1, 'Channels of the random images of --da
 flags.DEFINE_float('peak_tflops', 798.0, 'Peak rate for the fraction-of-peak column (default: the measured '
                    'H100 dense bf16 matmul rate).')
 flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
-flags.mark_flags_as_required(['config'])
 
 # Random stand-in for a training split, the size of Omniglot's background set.
 _SYNTHETIC_CLASSES, _SYNTHETIC_PER_CLASS, _SYNTHETIC_GROUPS = 964, 12, 30
@@ -293,6 +292,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
+  if config is None:  # not mark_flags_as_required: that binds every tool sharing absl's flags in a process
+    sys.exit('error: give --config=configs/<task>.py[:variant]')
   try:
     rows = run(config, batch_sizes=_batch_sizes(FLAGS.batch_sizes, config.batch.size),
                dtypes=FLAGS.dtypes or [config.model.dtype],
