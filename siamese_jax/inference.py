@@ -28,7 +28,7 @@ class Scorer:
     self.mesh = mesh
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.output_kind = model.head.output_kind
-    self.params = jax.device_put(params, sharding.replicated(mesh))
+    self.set_params(params)
 
     @functools.partial(jax.jit, out_shardings=sharding.batch_sharded(mesh))
     def embed(params, images):
@@ -41,6 +41,10 @@ class Scorer:
 
     self._embed = embed
     self._similarity = similarity
+
+  def set_params(self, params) -> None:
+    """Scores with new parameters, reusing the compiled functions (one compilation per run)."""
+    self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
   def embed(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32 [N, D], padded into fixed-size sharded batches."""

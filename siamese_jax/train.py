@@ -219,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     host_batches = HostBatches(train_set, layout, config, mesh)
     steps_per_call = 1
 
+  scorer = inference.Scorer(model, state.params, mesh, config.train.eval_batch_size)
   schedule = learning_rate_schedule(config.optimizer)
   num_steps = config.train.num_steps
   best = manager.best_metrics(history)
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
 
     if step % config.train.eval_every < steps_per_call or step >= num_steps:
-      scorer = inference.Scorer(model, state.params, mesh, config.train.eval_batch_size)
+      scorer.set_params(state.params)
       eval_metrics = evaluators.run_all(evals, scorer)
       entry = {'step': step, **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
       history.append(entry)
@@ -279,7 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if test_evals:
     best_step = best.get('step', step)
     params = state.params if best_step == step else manager.restore(state, best_step)[0].params
-    results = evaluators.run_all(test_evals, inference.Scorer(model, params, mesh, config.train.eval_batch_size))
+    scorer.set_params(params)
+    results = evaluators.run_all(test_evals, scorer)
     logging.info('test metrics of the checkpoint at step %d: %s', best_step,
                  '  '.join(f'{k} {v:.4f}' for k, v in results.items()))
     if is_main:
