@@ -14,14 +14,18 @@ from siamese_jax.errors import UserError
 KINDS = ('oneshot', 'verification', 'retrieval', 'reference')
 
 
+def get_split(splits: dict, name: str, key: str):
+  """splits[name], or a UserError naming the config key and the splits there are."""
+  if name not in splits:
+    raise UserError(f'{key}={name!r} is not a split of this dataset ({", ".join(sorted(splits))})')
+  return splits[name]
+
+
 def build(name: str, evaluator_config, splits):
   kind = evaluator_config.get('kind')
   if kind not in KINDS:
     raise UserError(f'evaluators.{name}.kind={kind!r}; choose one of {", ".join(KINDS)}')
-  split = evaluator_config.get('split', 'validation')
-  if split not in splits:
-    raise UserError(f'evaluators.{name}.split={split!r} is not a split of this dataset '
-                    f'({", ".join(sorted(splits))})')
+  get_split(splits, evaluator_config.get('split', 'validation'), f'evaluators.{name}.split')
   module = importlib.import_module(f'siamese_jax.evaluators.{kind}')
   return module.Evaluator(evaluator_config, splits)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import inference, metrics, retrieval
+from siamese_jax import evaluators, inference, metrics, retrieval
 from siamese_jax.errors import UserError
 from siamese_jax.evaluators.retrieval import subsample
 
@@ -52,9 +52,7 @@ class Evaluator:
   def __init__(self, config, splits):
     split = config.get('split', 'validation')
     reference_split = config.get('reference_split', 'train')
-    if reference_split not in splits:
-      raise UserError(f'reference_split={reference_split!r} is not a split of this dataset '
-                      f'({", ".join(sorted(splits))})')
+    evaluators.get_split(splits, reference_split, 'reference_split')
     if reference_split == split:
       raise UserError(f'reference_split and split are both {split!r}; queries would be compared with '
                       'themselves: pick two different splits')

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import metrics
+from siamese_jax import evaluators, metrics
 from siamese_jax.errors import UserError
 
 
@@ -74,9 +74,7 @@ class Evaluator:
   def __init__(self, config, splits):
     split = config.get('split', 'validation')
     threshold_split = config.get('threshold_split', 'validation')
-    if threshold_split not in splits:
-      raise UserError(f'threshold_split={threshold_split!r} is not a split of this dataset '
-                      f'({", ".join(sorted(splits))})')
+    evaluators.get_split(splits, threshold_split, 'threshold_split')
     self.split = splits[split]
     self.threshold_set = splits[threshold_split]
     self.same_split = split == threshold_split
