@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import data_dir
 from siamese_jax import datasets
-from siamese_jax.datasets import mnist
+from siamese_jax.datasets import mnist, raw_files
 from siamese_jax.errors import UserError
 
 STEMS = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
@@ -94,15 +94,15 @@ def test_validation_is_the_last_training_images_of_the_kept_digits(real_dir, tmp
 def test_resize_matches_pil_bilinear_within_one_level(real_dir):
   images = mnist.read_idx(os.path.join(real_dir, 't10k-images-idx3-ubyte.gz'), 3)[:50, ..., None]
   for size in (14, 32, 105):
-    resized = mnist.resize_images(images, size)
+    resized = raw_files.resize_images(images, size)
     chex.assert_shape(resized, (50, size, size, 1))
     pil = np.stack([np.asarray(Image.fromarray(image[..., 0]).resize((size, size), Image.Resampling.BILINEAR))
                     for image in images])
     assert np.abs(resized[..., 0].astype(int) - pil).max() <= 1
   rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
   pil = np.asarray(Image.fromarray(rgb).resize((20, 20), Image.Resampling.BILINEAR))
-  assert np.abs(mnist.resize_image(rgb, 20).astype(int) - pil).max() <= 1
-  assert mnist.resize_images(images, 28) is images
+  assert np.abs(raw_files.resize_image(rgb, 20).astype(int) - pil).max() <= 1
+  assert raw_files.resize_images(images, 28) is images
 
 
 def test_image_size_resizes_every_split(tmp_path):
@@ -197,11 +197,11 @@ def test_cached_arrays_rebuild_only_when_inputs_or_params_change(tmp_path):
     builds.append(1)
     return {'x': np.arange(len(builds)), 'names': np.array(['C1', 'C22'])}
 
-  first = mnist.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
-  again = mnist.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
+  first = raw_files.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
+  again = raw_files.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
   chex.assert_trees_all_equal(first, again)
   assert len(builds) == 1
-  mnist.cached_arrays(config, 'toy', [str(source)], {'size': 2}, build)
+  raw_files.cached_arrays(config, 'toy', [str(source)], {'size': 2}, build)
   source.write_bytes(b'bb')
-  rebuilt = mnist.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
+  rebuilt = raw_files.cached_arrays(config, 'toy', [str(source)], {'size': 1}, build)
   assert len(builds) == 3 and rebuilt['x'].tolist() == [0, 1, 2]

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from siamese_jax.datasets.image_set import ImageSet
-from siamese_jax.datasets.mnist import cached_arrays, hold_out_last, int_setting, resize_images, setting
+from siamese_jax.datasets.raw_files import cached_arrays, hold_out_last, int_setting, resize_images, setting
 from siamese_jax.errors import UserError
 
 NAME = 'cifar100'

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from siamese_jax.datasets.image_set import ImageSet
-from siamese_jax.datasets.mnist import cached_arrays, find_or_download, int_setting, resize_image, setting
+from siamese_jax.datasets.raw_files import cached_arrays, find_or_download, int_setting, resize_image, setting
 from siamese_jax.errors import UserError
 
 URL = 'https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip'
