@@ -1,6 +1,6 @@
 """A trained network as two functions: embed images, compare embeddings.
 
-Evaluators, the benchmark CLI and the image-comparison tools all go through `Scorer`, so images are
+Evaluators, the Lake-run CLI and the pair tools (show_pairs, compare) all go through `Scorer`, so images are
 preprocessed one way everywhere and each image is embedded once.
 """
 

@@ -1,6 +1,7 @@
 """Data parallelism: one `data` mesh axis over every device of every process.
 
-Parameters and the device-resident dataset are replicated; batches are sharded along their first axis.
+Parameters are replicated; a device-resident dataset is replicated or split by rows (`shard_dataset`);
+batches are sharded along their first axis.
 """
 
 from __future__ import annotations
