@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embedding_dim = 4096
   c.model.koch = True  # conv_tower: Koch's initialisation and sigmoid embedding (False: Flax defaults, linear)
   c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'
+  c.model.normalize_embeddings = False  # L2-normalise embeddings (distances then lie in [0, 2])
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
 
   c.loss = ml_collections.ConfigDict()
@@ -128,6 +129,10 @@ def validate(config) -> None:
   if LOSSES[config.loss.name] != head_kind:
     raise UserError(f'loss {config.loss.name!r} needs a {LOSSES[config.loss.name]} head, '
                     f'but model.head={config.model.head!r} gives a {head_kind}')
+  if (config.model.normalize_embeddings and head_kind == 'distance' and config.loss.name != 'bce'
+      and not 0.0 < config.loss.margin < 2.0):
+    raise UserError(f'loss.margin={config.loss.margin} with model.normalize_embeddings: distances between unit '
+                    'vectors lie in [0, 2], so the margin must lie strictly between 0 and 2')
   if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:
     raise UserError('batch.size must be a multiple of batch.images_per_class')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:

@@ -142,10 +142,16 @@ class SiameseNet(nn.Module):
 
   encoder: nn.Module
   head: nn.Module
+  # Project embeddings onto the unit sphere: distances are bounded by 2, so a margin means the same
+  # thing throughout training and the metric losses cannot shrink or inflate the embedding scale.
+  normalize: bool = False
 
   def embed(self, images):
-    """Images (float, [N, H, W, C]) -> embeddings [N, D] in float32."""
-    return self.encoder(images).astype(jnp.float32)
+    """Images (float, [N, H, W, C]) -> embeddings [N, D] in float32 (unit length if `normalize`)."""
+    embeddings = self.encoder(images).astype(jnp.float32)
+    if self.normalize:
+      embeddings = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    return embeddings
 
   def compare(self, e1, e2):
     """The head's raw output for embedding pairs: a logit or a distance (see `output_kind`)."""
@@ -184,4 +190,5 @@ def build(model_config) -> SiameseNet:
     raise UserError(f'model.encoder={model_config.encoder!r}; choose conv_tower or resnet')
   if model_config.head not in _HEADS:
     raise UserError(f'model.head={model_config.head!r}; choose one of {", ".join(_HEADS)}')
-  return SiameseNet(encoder=encoder, head=_HEADS[model_config.head]())
+  return SiameseNet(encoder=encoder, head=_HEADS[model_config.head](),
+                    normalize=model_config.normalize_embeddings)

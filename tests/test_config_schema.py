@@ -31,3 +31,13 @@ def test_triplet_needs_class_batches():
   config.batch.kind = 'pairs'
   with pytest.raises(UserError, match="batch.kind='classes'"):
     config_schema.validate(config)
+
+
+def test_margin_must_fit_between_unit_vectors():
+  config = mnist.get_config()
+  config.model.normalize_embeddings = True
+  config.loss.margin = 2.0
+  with pytest.raises(UserError, match='strictly between 0 and 2'):
+    config_schema.validate(config)
+  config.loss.margin = 1.0
+  config_schema.validate(config)

@@ -3,7 +3,6 @@
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -14,6 +13,12 @@ from siamese_jax.errors import UserError
 def koch_model(dtype='float32'):
   config = config_schema.base_config().model
   config.dtype = dtype
+  return models.build(config)
+
+
+def small_model(**fields):
+  config = config_schema.base_config().model
+  config.update(fields)
   return models.build(config)
 
 
@@ -40,10 +45,7 @@ def test_koch_initialisation_statistics():
 
 
 def test_small_tower_output_and_bf16_compute_keeps_f32_params():
-  config = ml_collections.ConfigDict(dict(encoder='conv_tower', features=(8, 16), kernel_sizes=(5, 3),
-                                          embedding_dim=32, head='weighted_l1', dtype='bfloat16', koch=True,
-                                          blocks_per_stage=1))
-  model = models.build(config)
+  model = small_model(features=(8, 16), kernel_sizes=(5, 3), embedding_dim=32, dtype='bfloat16')
   pairs = jax.random.uniform(jax.random.key(0), (3, 2, 28, 28, 1))
   variables = model.init(jax.random.key(1), pairs)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
@@ -55,10 +57,7 @@ def test_small_tower_output_and_bf16_compute_keeps_f32_params():
 
 
 def test_pair_call_equals_embedding_each_image_then_comparing():
-  config = ml_collections.ConfigDict(dict(encoder='conv_tower', features=(4, 8), kernel_sizes=(3, 3),
-                                          embedding_dim=16, head='weighted_l1', dtype='float32', koch=True,
-                                          blocks_per_stage=1))
-  model = models.build(config)
+  model = small_model(features=(4, 8), kernel_sizes=(3, 3), embedding_dim=16)
   pairs = jax.random.uniform(jax.random.key(0), (5, 2, 16, 16, 1))
   variables = model.init(jax.random.key(1), pairs)
   e1 = model.apply(variables, pairs[:, 0], method=models.SiameseNet.embed)
@@ -77,14 +76,26 @@ def test_distance_heads():
 
 
 def test_resnet_encoder():
-  config = ml_collections.ConfigDict(dict(encoder='resnet', features=(8, 16), kernel_sizes=(), embedding_dim=12,
-                                          head='euclidean', dtype='float32', blocks_per_stage=1))
-  model = models.build(config)
+  model = small_model(encoder='resnet', features=(8, 16), embedding_dim=12, head='euclidean', blocks_per_stage=1)
   pairs = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 3))
   variables = model.init(jax.random.key(1), pairs)
   distances = model.apply(variables, pairs)
   chex.assert_shape(distances, (2,))
   assert np.all(np.asarray(distances) >= 0)
+
+
+def test_normalized_embeddings_have_unit_length_and_bounded_distances():
+  model = small_model(features=(4, 8), kernel_sizes=(3, 3), embedding_dim=16, koch=False, head='euclidean',
+                      normalize_embeddings=True)
+  pairs = 100.0 * jax.random.uniform(jax.random.key(0), (6, 2, 16, 16, 1))
+  variables = model.init(jax.random.key(1), pairs)
+  embeddings = model.apply(variables, pairs[:, 0], method=models.SiameseNet.embed)
+  chex.assert_trees_all_close(jnp.linalg.norm(embeddings, axis=-1), jnp.ones(6), rtol=1e-5)
+  distances = model.apply(variables, pairs)
+  assert np.all((np.asarray(distances) >= 0) & (np.asarray(distances) <= 2 + 1e-6))
+  raw = small_model(features=(4, 8), kernel_sizes=(3, 3), embedding_dim=16, koch=False, head='euclidean')
+  unnormalized = raw.apply(variables, pairs[:, 0], method=models.SiameseNet.embed)
+  assert not np.allclose(np.linalg.norm(unnormalized, axis=-1), 1.0, atol=1e-2)
 
 
 @pytest.mark.parametrize('field,value', [('encoder', 'vgg'), ('head', 'l2'), ('dtype', 'float8')])
