@@ -32,16 +32,17 @@ def test_mnist_contrastive(tmp_path, tfds_dir):
 
 def test_mnist_triplet_with_online_mining(tmp_path, tfds_dir):
   best, _ = run(mnist, 'smoke,triplet', 'mnist', tmp_path, tfds_dir)
-  assert best['test/test/accuracy'] > 0.85
+  # Batch-hard mining on the unit sphere: ~0.977 after 300 steps (a collapse to one point gives 0.5).
+  assert best['test/test/accuracy'] > 0.9
 
 
 def test_mnist_heldout_digits_three_test_sets(tmp_path, tfds_dir):
   best, workdir = run(mnist_heldout, 'smoke', 'mnist', tmp_path, tfds_dir)
   results = json.loads((workdir / 'results.json').read_text())
   assert set(results['metrics']) >= {f'{s}/{m}' for s in ('seen', 'mixed', 'unseen') for m in ('accuracy', 'auc', 'eer')}
-  assert best['test/seen/accuracy'] > 0.9
-  # Digits never trained on: the smoke run gets ~0.62 on 2000 pairs (sd 0.011), clearly above chance.
-  assert best['test/unseen/accuracy'] > 0.57
+  assert best['test/seen/accuracy'] > 0.95  # ~0.99 at 300 steps
+  # Digits never trained on: the smoke run gets ~0.75 on 2000 pairs (sd 0.010), clearly above chance.
+  assert best['test/unseen/accuracy'] > 0.65
   assert '| unseen |' in (workdir / 'results.md').read_text()
 
 
