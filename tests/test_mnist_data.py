@@ -7,6 +7,7 @@ import chex
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from conftest import data_dir
@@ -55,8 +56,8 @@ def no_env(monkeypatch):
   monkeypatch.delenv(datasets.DATA_ENV, raising=False)
 
 
-def test_real_counts_shapes_and_background(real_dir, tmp_path):
-  splits = datasets.load_splits(make_config(real_dir, tmp_path))
+def test_real_counts_shapes_and_background(real_dir, tfds_dir):
+  splits = datasets.load_splits(make_config(real_dir, tfds_dir))
   assert {name: len(split) for name, split in splits.items()} == {'train': 55000, 'validation': 5000, 'test': 10000}
   for split in splits.values():
     chex.assert_shape(split.images, (None, 28, 28, 1))
@@ -67,8 +68,8 @@ def test_real_counts_shapes_and_background(real_dir, tmp_path):
   assert np.bincount(splits['test'].labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_held_out_digits_never_reach_train_or_validation(real_dir, tmp_path):
-  splits = mnist.load_splits(make_config(real_dir, tmp_path, **HELD_OUT_STUDY))
+def test_held_out_digits_never_reach_train_or_validation(real_dir, tfds_dir):
+  splits = mnist.load_splits(make_config(real_dir, tfds_dir, **HELD_OUT_STUDY))
   raw_train = mnist.read_idx(os.path.join(real_dir, 'train-labels-idx1-ubyte.gz'), 1)
   raw_test = mnist.read_idx(os.path.join(real_dir, 't10k-labels-idx1-ubyte.gz'), 1)
   for name in ('train', 'validation', 'seen'):
@@ -80,8 +81,8 @@ def test_held_out_digits_never_reach_train_or_validation(real_dir, tmp_path):
   assert len(splits['seen']) + len(splits['unseen']) == 10000
 
 
-def test_validation_is_the_last_training_images_of_the_kept_digits(real_dir, tmp_path):
-  config = make_config(real_dir, tmp_path, train_digits=(0, 1), validation_size=100)
+def test_validation_is_the_last_training_images_of_the_kept_digits(real_dir, tfds_dir):
+  config = make_config(real_dir, tfds_dir, train_digits=(0, 1), validation_size=100)
   splits = mnist.load_splits(config)
   raw_images = mnist.read_idx(os.path.join(real_dir, 'train-images-idx3-ubyte.gz'), 3)
   raw_labels = mnist.read_idx(os.path.join(real_dir, 'train-labels-idx1-ubyte.gz'), 1)
@@ -89,6 +90,20 @@ def test_validation_is_the_last_training_images_of_the_kept_digits(real_dir, tmp
   chex.assert_trees_all_equal(splits['validation'].images[..., 0], raw_images[kept][-100:])
   chex.assert_trees_all_equal(splits['validation'].labels, raw_labels[kept][-100:].astype(np.int32))
   chex.assert_trees_all_equal(splits['train'].images[..., 0], raw_images[kept][:-100])
+
+
+def test_prepared_once_as_a_tfds_dataset_then_read_without_the_files(tmp_path):
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  write_tiny_mnist(raw)
+  config = make_config(raw, tmp_path / 'tfds', validation_size=5)
+  first = mnist.load_splits(config)
+  builder = tfds.builder_from_directory(str(tmp_path / 'tfds' / 'mnist_idx' / '1.0.0'))
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {'train': 20, 'test': 10}
+  for name in os.listdir(raw):
+    os.remove(raw / name)
+  second = mnist.load_splits(config)
+  chex.assert_trees_all_equal({k: v.images for k, v in first.items()}, {k: v.images for k, v in second.items()})
 
 
 def test_resize_matches_pil_bilinear_within_one_level(real_dir):
@@ -121,8 +136,8 @@ def test_reads_gzipped_and_plain_idx_files(tmp_path):
   write_tiny_mnist(zipped)
   os.remove(zipped / 't10k-images-idx3-ubyte.gz')  # One file plain, the others gzipped.
   os.symlink(plain / 't10k-images-idx3-ubyte', zipped / 't10k-images-idx3-ubyte')
-  a = mnist.load_splits(make_config(plain, tmp_path, validation_size=5))
-  b = mnist.load_splits(make_config(zipped, tmp_path, validation_size=5))
+  a = mnist.load_splits(make_config(plain, tmp_path / 'tfds_plain', validation_size=5))
+  b = mnist.load_splits(make_config(zipped, tmp_path / 'tfds_zipped', validation_size=5))
   chex.assert_trees_all_equal({k: v.images for k, v in a.items()}, {k: v.images for k, v in b.items()})
   # Pixel (0, 0) is 10 * digit + (index // 10): validation is training images 15-19, digits 5-9.
   assert a['validation'].images[:, 0, 0, 0].tolist() == [51, 61, 71, 81, 91]

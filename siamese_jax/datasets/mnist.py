@@ -1,18 +1,23 @@
 """MNIST from its four canonical idx files, with digits held out of training for novelty studies.
 
-The idx files are small enough that a TFDS builder would only add a copy: they are read directly
-(gzipped or not) from `data.manual_dir`, or downloaded once from a public mirror when no folder is
-configured. Class names are the digit strings, so a digit stays identifiable after
-`ImageSet.subset` re-densifies the labels of a split.
+`MnistIdx` is a TFDS builder over the idx files (gzipped or not): they are read from
+`data.manual_dir` (or `$SIAMESE_JAX_DATA/mnist`), or downloaded once from a public mirror when no
+folder is configured. TFDS's own `mnist` builder only downloads, so it cannot prepare from files a
+user already has on an offline machine. The prepared dataset is ArrayRecord, read with
+`as_data_source`, so TensorFlow is never needed. Class names are the digit strings, so a digit stays
+identifiable after `ImageSet.subset` re-densifies the labels of a split.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import os
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import find_or_download, hold_out_last, int_setting, resize_images, setting
@@ -41,12 +46,13 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   size = int_setting(data_config, 'image_size', 28)
   validation_size = int_setting(data_config, 'validation_size', 5000)
 
-  paths = find_or_download(
-      data_config, 'mnist', [(f'{stem}.gz', stem) for stem in _STEMS], [f'{MIRROR}{stem}.gz' for stem in _STEMS])
+  builder = MnistIdx(
+      idx_files=lambda: find_or_download(data_config, 'mnist', [(f'{stem}.gz', stem) for stem in _STEMS],
+                                         [f'{MIRROR}{stem}.gz' for stem in _STEMS]),
+      data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None, file_format='array_record')
+  builder.download_and_prepare()
   source = 'MNIST (canonical idx files)' + (f', resized to {size}x{size}' if size != 28 else '')
-  train, test = (
-      _read_split(images_path, labels_path, size, source)
-      for images_path, labels_path in (paths[:2], paths[2:]))
+  train, test = (_read_prepared(builder, split, size, source) for split in ('train', 'test'))
 
   train, validation = hold_out_last(train.subset(np.isin(train.labels, train_digits)), validation_size)
   splits = {'train': train, 'validation': validation}
@@ -74,15 +80,63 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _read_split(images_path: str, labels_path: str, size: int, source: str) -> ImageSet:
+class MnistIdx(tfds.core.GeneratorBasedBuilder):
+  """MNIST's 'train' (60,000) and 'test' (10,000) splits, prepared from the canonical idx files."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Prepared from the four idx files in a manual folder or downloaded.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {", ".join(_STEMS)} (each may be gzipped) in data.manual_dir.'
+
+  def __init__(self, *, idx_files: Callable[[], Sequence[str]], **kwargs):
+    """`idx_files` returns the four paths in `_STEMS` order; called only when preparing."""
+    self._idx_files = idx_files
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description='MNIST handwritten digits, white on black, from the canonical idx files.',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+            # TFDS stores records shuffled; validation is the last images of the training file.
+            'index': tfds.features.Scalar(np.int32, doc='position in the idx file'),
+        }),
+        homepage='http://yann.lecun.com/exdb/mnist/',
+        citation='LeCun, Bottou, Bengio and Haffner. Gradient-based learning applied to document '
+        'recognition. Proceedings of the IEEE 86(11), 1998.',
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # The files come from `idx_files`: a manual folder or the project's own download.
+    paths = self._idx_files()
+    # Read and checked here, so a bad file is one UserError before TFDS writes anything.
+    return {split: self._generate_examples(*_read_idx_pair(images_path, labels_path))
+            for split, (images_path, labels_path) in zip(('train', 'test'), (paths[:2], paths[2:]))}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
+    for index, (image, label) in enumerate(zip(images, labels)):
+      yield index, {'image': image[..., None], 'label': int(label), 'index': index}
+
+
+def _read_idx_pair(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
   images = read_idx(images_path, 3)
   labels = read_idx(labels_path, 1)
   if len(images) != len(labels) or labels.max(initial=0) > 9:
     raise UserError(f'{labels_path} does not hold one digit label per image of {images_path}')
+  if images.shape[1:] != (28, 28):
+    raise UserError(f'{images_path} holds {images.shape[1:]} images, not MNIST\'s 28x28')
+  return images, labels
+
+
+def _read_prepared(builder: MnistIdx, split: str, size: int, source: str) -> ImageSet:
+  """One prepared split in one batched read (far faster than record by record), in idx-file order."""
+  records = builder.as_data_source(split)
+  records = sorted(records.__getitems__(range(len(records))), key=lambda record: record['index'])
+  images = np.stack([record['image'] for record in records]) if records else np.zeros((0, 28, 28, 1), np.uint8)
   return ImageSet(
-      images=resize_images(images[..., None], size),
-      labels=labels.astype(np.int32),
-      groups=np.zeros(len(labels), np.int32),
+      images=resize_images(images, size),
+      labels=np.array([record['label'] for record in records], np.int32),
+      groups=np.zeros(len(records), np.int32),
       class_names=CLASS_NAMES,
       source=source,
   )
