@@ -2,12 +2,14 @@
 
 import io
 import os
+import shutil
 import zipfile
 
 import chex
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from conftest import data_dir
@@ -190,6 +192,39 @@ def test_split_of_synthetic_patients(original, tmp_path):
   assert [len(m) for m in members] == [4, 2, 2] and len(set.union(*members)) == len(PATIENTS)
 
 
+def test_prepared_once_as_a_tfds_dataset_then_read_without_decoding_the_archive(original, tmp_path, monkeypatch):
+  folder, count = original
+  config = make_config(folder, tmp_path, channels=3, image_size=32)
+  first, patients = malaria.read_cells(config)
+  builder = tfds.builder_from_directory(str(tmp_path / 'malaria_cells' / 'original' / '1.0.0'))
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {'train': count}
+  assert builder.info.features['label'].names == list(malaria.CLASS_NAMES)
+
+  def archive_read_again(*args, **kwargs):
+    raise AssertionError('the archive was read and decoded again')
+
+  monkeypatch.setattr(malaria.MalariaCells, '_split_generators', archive_read_again)
+  chex.assert_trees_all_equal(malaria.read_cells(config)[0].images, first.images)  # The decoded cache.
+  shutil.rmtree(tmp_path / 'siamese_jax' / 'malaria' / 'cache')
+  again, again_patients = malaria.read_cells(config)  # From the prepared dataset, in the same order.
+  chex.assert_trees_all_equal((again.images, again.labels, again_patients), (first.images, first.labels, patients))
+  gray, _ = malaria.read_cells(make_config(folder, tmp_path, channels=1, image_size=40))
+  chex.assert_shape(gray.images, (count, 40, 40, 1))
+  chex.assert_trees_all_equal(gray.labels, first.labels)
+
+
+def test_a_replaced_archive_is_prepared_again(tmp_path):
+  folder = tmp_path / 'raw'
+  folder.mkdir()
+  count = write_original_archive(folder / malaria.ORIGINAL)
+  config = make_config(folder, tmp_path / 'tfds', channels=3)
+  assert len(malaria.read_cells(config)[0]) == count
+  with zipfile.ZipFile(folder / malaria.ORIGINAL, 'a') as archive:
+    archive.writestr('cell_images/Uninfected/C7ThinF_IMG_1_cell_1.png', png_bytes(np.zeros((120, 130, 3), np.uint8)))
+  cells, patients = malaria.read_cells(config)
+  assert len(cells) == count + 1 and 'C7' in patients.tolist()
+
+
 def test_downloads_the_original_when_no_folder_is_configured(original, tmp_path, monkeypatch, no_env):
   folder, count = original
   monkeypatch.setattr(malaria, 'URL', (folder / malaria.ORIGINAL).as_uri())
@@ -223,8 +258,10 @@ def test_bad_archives_are_user_errors(tmp_path, members, message):
     with zipfile.ZipFile(path, 'w') as archive:
       for name, data in members.items():
         archive.writestr(name, data)
-  with pytest.raises(UserError, match=message):
+  with pytest.raises(UserError, match=message) as error:
     malaria.read_cells(make_config(tmp_path, tmp_path))
+  assert type(error.value) is UserError  # Raised by the builder, and passed on by TFDS as it was.
+  assert not list(tmp_path.glob('malaria_cells/gray_50px/*'))  # Nothing prepared, not even partly.
 
 
 @pytest.mark.parametrize('overrides', [

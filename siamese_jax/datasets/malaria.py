@@ -11,20 +11,30 @@ only Uninfected cells, as in the paper; splits are drawn from each kind separate
 
 Two copies are read: the original release `cell_images.zip` (RGB, about 100-200 px) and
 `cell_images_50px_gray.zip`, a third-party copy downscaled to 50x50 grayscale; the original is read
-when both are there, and `source` says which. Decoded cells are cached under `data.tfds_data_dir`:
-decoding takes seconds for the 50px copy and about a minute for the original. Cells are segmented
-on a black background, which matches the ImageSet convention.
+when both are there, and `source` says which. `MalariaCells`, a TFDS builder with one config per copy,
+prepares the archive once into an ArrayRecord dataset of every cell's PNG, class, patient and file
+name, read back with `as_data_source` (TensorFlow is never needed), so another image size or channel
+count reads that dataset instead of checking and decoding the archive again. TFDS's own `malaria`
+builder cannot serve: it only downloads the original and keeps no file names, hence no patients.
+Resizing and colour conversion follow the read; their result is cached under `data.tfds_data_dir`,
+keyed on the archive and the settings, as decoding takes seconds for the 50px copy and about a minute
+for the original. Cells are segmented on a black background, which matches the ImageSet convention.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 import os
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from siamese_jax.datasets.image_set import ImageSet
@@ -41,6 +51,8 @@ _SOURCES = {
     GRAY_50PX: 'NIH malaria cells, third-party copy downscaled to 50x50 grayscale',
 }
 _PATIENT = re.compile(r'C(\d+)')
+_DECODE_ERRORS = (OSError, SyntaxError, zlib.error)  # PIL reports some broken PNG chunks as SyntaxError.
+_MODES = {1: 'L', 3: 'RGB'}  # PIL's mode for each channel count.
 
 
 def patient_of(file_name: str) -> str:
@@ -51,8 +63,81 @@ def patient_of(file_name: str) -> str:
   return f'C{int(match[1])}'
 
 
+@dataclasses.dataclass(eq=False)
+class CopyConfig(tfds.core.BuilderConfig):
+  """One copy of the data: the archive it is prepared from and the channels its PNGs are stored with."""
+  archive: str = ORIGINAL
+  channels: int = 3
+
+
+class MalariaCells(tfds.core.GeneratorBasedBuilder):
+  """Every cell of one copy of the NIH malaria archive in one 'train' split, with patient and file name."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Every cell image with its class, patient and archive member name.'}
+  BUILDER_CONFIGS = [
+      CopyConfig(name='original', archive=ORIGINAL, channels=3, description=_SOURCES[ORIGINAL]),
+      CopyConfig(name='gray_50px', archive=GRAY_50PX, channels=1, description=_SOURCES[GRAY_50PX]),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Put {ORIGINAL} ({URL}) or {GRAY_50PX} in data.manual_dir.'
+
+  def __init__(self, *, archive: str, **kwargs):
+    """Prepares from the zip at `archive` (never TFDS's download manager); its file name picks the config."""
+    self._archive = archive
+    [config] = [c.name for c in self.BUILDER_CONFIGS if c.archive == os.path.basename(archive)]
+    super().__init__(config=config, **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    channels = self.builder_config.channels
+    return self.dataset_info_from_configs(
+        description='Segmented red blood cells from thin blood smears of 200 patients, parasitized or not.',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, channels), encoding_format='png'),
+            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+            'patient': tfds.features.Text(doc='C<n>, from the start of the file name'),
+            'file_name': tfds.features.Text(doc='the archive member, cell_images/<class>/<name>.png'),
+        }),
+        metadata=tfds.core.MetadataDict(),  # The archive's fingerprint, to notice a replaced archive.
+        homepage='https://lhncbc.nlm.nih.gov/LHC-research/LHC-projects/image-processing/malaria-datasheet.html',
+        citation='Rajaraman et al. Pre-trained convolutional neural networks as feature extractors toward '
+        'improved malaria parasite detection in thin blood smear images. PeerJ 6:e4568, 2018.',
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # The archive comes from the manual folder or the project's own download.
+    # Listed and checked here, so a foreign or empty archive is one UserError before TFDS writes anything.
+    with _open_archive(self._archive) as archive:
+      members = [(name, _class_of(name)) for name in archive.namelist()]
+      members = [(name, label, patient_of(name)) for name, label in members if label is not None]
+      if not members:
+        raise UserError(f'{self._archive} holds no cell image laid out as '
+                        f'cell_images/{{{",".join(CLASS_NAMES)}}}/*.png')
+      self.info.metadata['archive'] = _fingerprint(archive)
+    return {'train': self._generate_examples(members)}
+
+  def _generate_examples(self, members: list[tuple[str, int, str]]) -> Iterator[tuple[str, dict]]:
+    """Each cell's PNG as stored when it is a PNG of the config's channels, else converted to them."""
+    mode = _MODES[self.builder_config.channels]
+    with _open_archive(self._archive) as archive:
+      for name, label, patient in members:
+        try:
+          data = archive.read(name)
+        except (zipfile.BadZipFile, OSError) as e:
+          raise UserError(f'cannot read {self._archive} ({e}); download it again') from e
+        try:
+          with Image.open(io.BytesIO(data)) as stored:
+            as_stored = stored.format == 'PNG' and stored.mode == mode
+            image = stored.convert(mode)  # Decodes every pixel, so a broken PNG fails here.
+        except _DECODE_ERRORS as e:
+          raise UserError(f'cannot decode {name} in {self._archive} ({e}); download the archive again') from e
+        yield name, {'image': data if as_stored else image, 'label': label, 'patient': patient, 'file_name': name}
+
+
 def read_cells(data_config) -> tuple[ImageSet, np.ndarray]:
-  """Every cell of the archive found or downloaded for `data_config`, and each cell's patient id."""
+  """Every cell of the archive found or downloaded for `data_config`, and each cell's patient id.
+
+  Cells are in file-name order, whatever order the prepared records are stored in.
+  """
   size = int_setting(data_config, 'image_size', 50)
   channels = setting(data_config, 'channels', 1)
   if isinstance(channels, bool) or channels not in (1, 3):
@@ -61,8 +146,9 @@ def read_cells(data_config) -> tuple[ImageSet, np.ndarray]:
   copy = os.path.basename(archive)
   if copy == GRAY_50PX and channels == 3:
     raise UserError(f'{archive} is grayscale: set data.channels=1, or provide the original {ORIGINAL} ({URL})')
-  arrays = cached_arrays(data_config, 'malaria', [archive], {'image_size': size, 'channels': channels},
-                         lambda: _decode_archive(archive, size, channels))
+  params = {'image_size': size, 'channels': channels, 'dataset': f'{MalariaCells.name}:{MalariaCells.VERSION}'}
+  arrays = cached_arrays(data_config, 'malaria', [archive], params,
+                         lambda: _read_prepared(_prepared(data_config, archive), size, channels))
   cells = ImageSet(
       images=arrays['images'],
       labels=arrays['labels'],
@@ -117,35 +203,54 @@ def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
                     f'got {validation_fraction!r} and {test_fraction!r}')
 
 
-def _decode_archive(path: str, size: int, channels: int) -> dict[str, np.ndarray]:
-  """Decodes every cell image in the archive, skipping anything else (Thumbs.db, folders, macOS '._' files)."""
+def _prepared(data_config, archive: str) -> MalariaCells:
+  """The builder of `archive`'s copy, prepared from it unless that was done before from the same content."""
+  builder = MalariaCells(archive=archive, data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None,
+                         file_format='array_record')
+  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  if builder.is_prepared():
+    with _open_archive(archive) as opened:
+      if builder.info.metadata.get('archive') != _fingerprint(opened):
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD  # The archive was replaced since it was prepared.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+  return builder
+
+
+def _read_prepared(builder: MalariaCells, size: int, channels: int) -> dict[str, np.ndarray]:
+  """Every prepared cell in one batched read (far faster than one by one), decoded, in file-name order."""
+  records = builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
+  records = sorted(records.__getitems__(range(len(records))), key=lambda record: record['file_name'])
+  return {
+      'images': np.stack([_decode(record['image'], size, channels) for record in records]),
+      'labels': np.array([record['label'] for record in records], np.int32),
+      'patients': np.array([record['patient'].decode() for record in records]),
+  }
+
+
+def _decode(data: bytes, size: int, channels: int) -> np.ndarray:
+  """One stored cell as uint8 [size, size, channels]."""
+  with Image.open(io.BytesIO(data)) as image:
+    pixels = np.asarray(image.convert(_MODES[channels]))
+  return resize_image(pixels.reshape(*pixels.shape[:2], channels), size)
+
+
+def _open_archive(path: str) -> zipfile.ZipFile:
   try:
-    with zipfile.ZipFile(path) as archive:
-      members = [(name, _class_of(name)) for name in archive.namelist()]
-      members = [(name, label) for name, label in members if label is not None]
-      if not members:
-        raise UserError(f'{path} holds no cell image laid out as cell_images/{{{",".join(CLASS_NAMES)}}}/*.png')
-      patients = np.array([patient_of(name) for name, _ in members])  # Fails fast on a foreign archive.
-      images = np.stack([_decode_member(archive, name, size, channels) for name, _ in members])
+    return zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError) as e:
     raise UserError(f'cannot read {path} ({e}); download it again') from e
-  return {'images': images, 'labels': np.array([label for _, label in members], np.int32), 'patients': patients}
+
+
+def _fingerprint(archive: zipfile.ZipFile) -> str:
+  """A digest of the archive's directory (member names, sizes and CRCs): the same for a copied archive."""
+  listing = [(info.filename, info.file_size, info.CRC) for info in archive.infolist()]
+  return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _class_of(name: str) -> int | None:
-  """The class id of an archive member that is a cell image, else None."""
+  """The class id of an archive member that is a cell image, else None (Thumbs.db, folders, macOS '._' files)."""
   folder, _, file_name = name.rpartition('/')
   class_name = folder.rpartition('/')[2]
   if class_name not in CLASS_NAMES or not file_name.endswith('.png') or file_name.startswith('.'):
     return None
   return CLASS_NAMES.index(class_name)
-
-
-def _decode_member(archive: zipfile.ZipFile, name: str, size: int, channels: int) -> np.ndarray:
-  """One cell as uint8 [size, size, channels]."""
-  try:
-    with Image.open(io.BytesIO(archive.read(name))) as image:
-      pixels = np.asarray(image.convert('L' if channels == 1 else 'RGB'))
-  except (OSError, SyntaxError, zlib.error) as e:  # PIL reports some broken PNG chunks as SyntaxError.
-    raise UserError(f'cannot decode {name} in {archive.filename} ({e}); download the archive again') from e
-  return resize_image(pixels.reshape(*pixels.shape[:2], channels), size)
