@@ -1,7 +1,8 @@
-"""Helpers for the datasets read from their raw files without a TFDS builder (MNIST, malaria, CIFAR-100).
+"""Helpers shared by the MNIST, malaria and CIFAR-100 dataset modules.
 
-Finding or downloading raw files, caching decoded arrays in a work dir, resizing, reading settings
-from a `data` config block, and holding out a validation split.
+Finding the raw files their TFDS builders prepare from (or downloading them once, without TFDS's
+download manager, which retries an unreachable host for minutes), caching decoded arrays in a work
+dir, resizing, reading settings from a `data` config block, and holding out a validation split.
 """
 
 from __future__ import annotations
