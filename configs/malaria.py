@@ -27,7 +27,9 @@ def get_config(variant: str = ''):
   # A validation cell is classified by its mean similarity to K training cells of each class.
   config.evaluators.reference = dict(kind='reference', split='validation', reference_split='train', shots=10,
                                      max_queries=1000, knn=5)
-  config.test_evaluators.test = dict(kind='reference', split='test', reference_split='train', shots=10, knn=5)
+  # The test decision point on the class-similarity difference is chosen on validation cells.
+  config.test_evaluators.test = dict(kind='reference', split='test', reference_split='train', shots=10, knn=5,
+                                     threshold_split='validation')
   config.test_evaluators.test_pairs = dict(kind='verification', split='test', threshold_split='validation',
                                            pairs=4000)
 

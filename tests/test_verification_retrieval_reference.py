@@ -216,7 +216,39 @@ def test_knn_votes_and_breaks_ties_toward_the_nearest(knn, expected):
   assert evaluator(scorer)['knn_accuracy'] == expected
 
 
+class LineScorer:
+  """Images at hand-placed points on a line (looked up by their one-pixel tag); similarity is -distance."""
+
+  def __init__(self, positions):
+    self.positions = positions
+
+  def embed(self, images):
+    return np.array([[self.positions[int(img.ravel()[0])]] for img in images], np.float32)
+
+  def similarity(self, e1, e2):
+    return -np.abs(e1[..., 0] - e2[..., 0])
+
+
+def test_threshold_split_moves_the_decision_point_where_class_spreads_differ():
+  # Class a's references spread wide (-10 and 0), class b's are tight (2 and 2.2): every query between 0
+  # and 2 is more like b on average, so "most similar on average" calls the a queries b. The difference
+  # of mean similarities is 2.9 + 2x there; a point chosen on validation (a at 0.3, 0.5; b at 1.5, 1.7)
+  # separates the test queries.
+  splits = {'train': tagged_set([0, 1, 2, 3], [0, 0, 1, 1]),
+            'validation': tagged_set([10, 11, 12, 13], [0, 0, 1, 1]),
+            'test': tagged_set([20, 21, 22, 23], [0, 0, 1, 1])}
+  scorer = LineScorer({0: -10, 1: 0, 2: 2, 3: 2.2, 10: 0.3, 11: 0.5, 12: 1.5, 13: 1.7,
+                       20: 0.2, 21: 0.4, 22: 1.6, 23: 1.8})
+  most_similar = evaluators.build('m', config('reference', shots=2, knn=0), splits)(scorer)
+  assert most_similar['accuracy'] == 0.5 and most_similar['auc'] == 1.0
+  chosen = evaluators.build('m', config('reference', shots=2, knn=0, threshold_split='validation'), splits)(scorer)
+  assert chosen['accuracy'] == 1.0 and chosen['auc'] == 1.0
+  assert 2.9 + 2 * 0.5 < chosen['threshold'] < 2.9 + 2 * 1.5
+
+
 @pytest.mark.parametrize('change, message', [
+    (dict(threshold_split='test'), 'also split or reference_split'),
+    (dict(threshold_split='nope'), 'threshold_split'),
     (dict(shots=41), "shots=41 but class 'class0' has 40 images in 'train'"),
     (dict(reference_split='test'), 'both'),
     (dict(reference_split='nope'), 'reference_split'),
@@ -227,6 +259,12 @@ def test_knn_votes_and_breaks_ties_toward_the_nearest(knn, expected):
 def test_impossible_reference_settings_are_a_user_error(change, message):
   with pytest.raises(UserError, match=message):
     evaluators.build('m', config('reference', **change), reference_splits())
+
+
+def test_threshold_split_needs_two_classes():
+  splits = reference_splits(classes=3) | {'validation': reference_splits(classes=3)['test']}
+  with pytest.raises(UserError, match='needs two classes'):
+    evaluators.build('m', config('reference', threshold_split='validation'), splits)
 
 
 def test_reference_needs_the_same_classes_in_both_splits():

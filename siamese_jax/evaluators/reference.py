@@ -2,7 +2,11 @@
 
 A Siamese network has no classifier: it classifies a query by comparing it with K labelled references
 of each class, drawn once from `reference_split`, and picks the class it is most similar to on average
-(ties at random). With `knn` > 0 the embeddings are also judged on their own, by a k-nearest-neighbour
+(ties at random). For two classes, `threshold_split` instead places the decision point on the
+difference of the two mean similarities where it is most accurate on that split's queries: classes
+that differ in spread (malaria's varied parasitized cells against uniform uninfected ones) shift the
+means, so "most similar on average" can sit away from the best point even when the ranking (AUC) is
+good. With `knn` > 0 the embeddings are also judged on their own, by a k-nearest-neighbour
 vote over every image of the reference split.
 """
 
@@ -47,7 +51,7 @@ def mean_similarity(scorer, queries: np.ndarray, references: np.ndarray, chunk: 
 
 
 class Evaluator:
-  """Config: split (queries), reference_split, shots, max_queries, knn, seed, queries_per_chunk."""
+  """Config: split (queries), reference_split, threshold_split, shots, max_queries, knn, seed, queries_per_chunk."""
 
   def __init__(self, config, splits):
     split = config.get('split', 'validation')
@@ -75,6 +79,21 @@ class Evaluator:
     if len(np.unique(self.query_labels)) < 2:
       raise UserError(f'the queries from {split!r} are all of one class; use a split (or max_queries) with two')
     self.reference_items = draw_references(rng, self.references, self.shots, reference_split)
+    self.threshold_split = config.get('threshold_split', '')
+    if self.threshold_split:
+      self._draw_threshold_queries(splits, split, reference_split, config.get('max_queries', 0), rng)
+
+  def _draw_threshold_queries(self, splits, split, reference_split, max_queries, rng):
+    if self.threshold_split in (split, reference_split):
+      raise UserError(f'threshold_split={self.threshold_split!r} is also split or reference_split; choose the '
+                      'decision point on a third split (e.g. validation) so the score it reports stays honest')
+    if self.references.num_classes != 2:
+      raise UserError(f'threshold_split needs two classes; this dataset has {self.references.num_classes}')
+    self.threshold_set = evaluators.get_split(splits, self.threshold_split, 'threshold_split')
+    self.threshold_items = subsample(rng, len(self.threshold_set), max_queries, 'max_queries')
+    self.threshold_labels = self.threshold_set.labels[self.threshold_items]
+    if len(np.unique(self.threshold_labels)) < 2:
+      raise UserError(f'the queries from {self.threshold_split!r} are all of one class; use a split with two')
 
   def __call__(self, scorer) -> dict[str, float]:
     queries = scorer.embed(self.queries.images[self.query_items])
@@ -85,8 +104,15 @@ class Evaluator:
       references = scorer.embed(self.references.images[self.reference_items.ravel()])
       references = references.reshape(self.reference_items.shape + references.shape[-1:])
     scores = mean_similarity(scorer, queries, references, self.chunk)
-    predicted = inference.pick_with_random_ties(np.random.default_rng(self.seed + 1), scores)
-    result = {'accuracy': float(np.mean(predicted == self.query_labels))}
+    if self.threshold_split:
+      chosen_on = mean_similarity(scorer, scorer.embed(self.threshold_set.images[self.threshold_items]), references,
+                                  self.chunk)
+      threshold = metrics.best_threshold(chosen_on[:, 1] - chosen_on[:, 0], self.threshold_labels)
+      result = {'accuracy': metrics.accuracy_at(scores[:, 1] - scores[:, 0], self.query_labels, threshold),
+                'threshold': threshold}
+    else:
+      predicted = inference.pick_with_random_ties(np.random.default_rng(self.seed + 1), scores)
+      result = {'accuracy': float(np.mean(predicted == self.query_labels))}
     if self.references.num_classes == 2:  # Score of class 1 over class 0, for a threshold-free measure.
       result['auc'] = metrics.roc_auc(scores[:, 1] - scores[:, 0], self.query_labels)
     if self.knn:
