@@ -48,8 +48,9 @@ def test_mnist_heldout_digits_three_test_sets(tmp_path, tfds_dir):
 
 def test_malaria_reference_classification(tmp_path, tfds_dir):
   best, workdir = run(malaria, 'smoke', 'malaria', tmp_path, tfds_dir)
-  # Chance is 0.5; the 300-step smoke run reaches ~0.71 accuracy and ~0.84 AUC (sd on 1000 cells: 0.014).
-  assert best['test/test/accuracy'] > 0.6 and best['test/test/auc'] > 0.68
+  # Chance is 0.5; 300-step smoke runs reached 0.82-0.90 accuracy and ~0.97 AUC on 1000 cells (the
+  # decision point, chosen on validation cells, moves the accuracy more than the ranking).
+  assert best['test/test/accuracy'] > 0.7 and best['test/test/auc'] > 0.85, best
   assert '50x50 grayscale' in json.loads((workdir / 'results.json').read_text())['data']
 
 
