@@ -129,8 +129,7 @@ def validate(config) -> None:
   if LOSSES[config.loss.name] != head_kind:
     raise UserError(f'loss {config.loss.name!r} needs a {LOSSES[config.loss.name]} head, '
                     f'but model.head={config.model.head!r} gives a {head_kind}')
-  if (config.model.normalize_embeddings and head_kind == 'distance' and config.loss.name != 'bce'
-      and not 0.0 < config.loss.margin < 2.0):
+  if config.model.normalize_embeddings and head_kind == 'distance' and not 0.0 < config.loss.margin < 2.0:
     raise UserError(f'loss.margin={config.loss.margin} with model.normalize_embeddings: distances between unit '
                     'vectors lie in [0, 2], so the margin must lie strictly between 0 and 2')
   if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:

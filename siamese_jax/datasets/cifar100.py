@@ -19,6 +19,7 @@ import urllib.request
 import numpy as np
 import tensorflow_datasets as tfds
 
+from siamese_jax.datasets import tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_arrays, hold_out_last, int_setting, resize_images, setting
 from siamese_jax.errors import UserError
@@ -83,8 +84,7 @@ def _image_set(arrays: dict[str, np.ndarray], split: str, label: str, names: dic
 
 def _builder(data_config) -> tfds.core.DatasetBuilder:
   """The stock builder over `data.tfds_data_dir` (TFDS's default when empty), prepared when it can be."""
-  data_dir = data_config.get('tfds_data_dir')
-  builder = tfds.builder(NAME, data_dir=os.path.expanduser(data_dir) if data_dir else None)
+  builder = tfds.builder(NAME, data_dir=tfds_data_dir(data_config))
   if not builder.is_prepared() and _tensorflow_installed():
     try:
       urllib.request.urlopen(urllib.request.Request(_URL, method='HEAD'), timeout=_PROBE_TIMEOUT_S).close()

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from siamese_jax.datasets import read_split, tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_arrays, find_or_download, int_setting, resize_image, setting
 from siamese_jax.errors import UserError
@@ -205,8 +206,7 @@ def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
 
 def _prepared(data_config, archive: str) -> MalariaCells:
   """The builder of `archive`'s copy, prepared from it unless that was done before from the same content."""
-  builder = MalariaCells(archive=archive, data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None,
-                         file_format='array_record')
+  builder = MalariaCells(archive=archive, data_dir=tfds_data_dir(data_config), file_format='array_record')
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.is_prepared():
     with _open_archive(archive) as opened:
@@ -217,9 +217,9 @@ def _prepared(data_config, archive: str) -> MalariaCells:
 
 
 def _read_prepared(builder: MalariaCells, size: int, channels: int) -> dict[str, np.ndarray]:
-  """Every prepared cell in one batched read (far faster than one by one), decoded, in file-name order."""
-  records = builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
-  records = sorted(records.__getitems__(range(len(records))), key=lambda record: record['file_name'])
+  """Every prepared cell, decoded, in file-name order."""
+  records = read_split(builder, 'train', decoders={'image': tfds.decode.SkipDecoding()})
+  records = sorted(records, key=lambda record: record['file_name'])
   return {
       'images': np.stack([_decode(record['image'], size, channels) for record in records]),
       'labels': np.array([record['label'] for record in records], np.int32),

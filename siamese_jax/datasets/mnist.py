@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from siamese_jax.datasets import read_split, tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import find_or_download, hold_out_last, int_setting, resize_images, setting
 from siamese_jax.errors import UserError
@@ -49,7 +49,7 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   builder = MnistIdx(
       idx_files=lambda: find_or_download(data_config, 'mnist', [(f'{stem}.gz', stem) for stem in _STEMS],
                                          [f'{MIRROR}{stem}.gz' for stem in _STEMS]),
-      data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None, file_format='array_record')
+      data_dir=tfds_data_dir(data_config), file_format='array_record')
   builder.download_and_prepare()
   source = 'MNIST (canonical idx files)' + (f', resized to {size}x{size}' if size != 28 else '')
   train, test = (_read_prepared(builder, split, size, source) for split in ('train', 'test'))
@@ -129,9 +129,8 @@ def _read_idx_pair(images_path: str, labels_path: str) -> tuple[np.ndarray, np.n
 
 
 def _read_prepared(builder: MnistIdx, split: str, size: int, source: str) -> ImageSet:
-  """One prepared split in one batched read (far faster than record by record), in idx-file order."""
-  records = builder.as_data_source(split)
-  records = sorted(records.__getitems__(range(len(records))), key=lambda record: record['index'])
+  """One prepared split, in idx-file order."""
+  records = sorted(read_split(builder, split), key=lambda record: record['index'])
   images = np.stack([record['image'] for record in records]) if records else np.zeros((0, 28, 28, 1), np.uint8)
   return ImageSet(
       images=resize_images(images, size),

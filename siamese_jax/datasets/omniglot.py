@@ -23,7 +23,7 @@ import requests
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from siamese_jax.datasets import manual_dir
+from siamese_jax.datasets import manual_dir, read_split, tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.errors import UserError
 
@@ -215,7 +215,7 @@ def load_drawings(data_config) -> Drawings:
   size = data_config.get('image_size', ORIGINAL_SIZE)
   if not isinstance(size, int) or size < 1:
     raise UserError(f'data.image_size must be a positive integer, got {size!r}')
-  builder = OmniglotDrawers(data_dir=os.path.expanduser(data_config.get('tfds_data_dir') or '') or None,
+  builder = OmniglotDrawers(data_dir=tfds_data_dir(data_config),
                             file_format='array_record')
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
@@ -249,8 +249,7 @@ def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
   """Reads every split's records and decodes them, sorted by character then drawer."""
   records = []
   for split in builder.info.splits:
-    source = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
-    records += source.__getitems__(range(len(source)))  # One batched read: far faster than one by one.
+    records += read_split(builder, split, decoders={'image': tfds.decode.SkipDecoding()})
   characters = np.array([r['character'].decode() for r in records])
   drawers = np.array([r['drawer'] for r in records], dtype=np.int32)
   order = np.lexsort((drawers, characters))

@@ -50,6 +50,11 @@ def mean_similarity(scorer, queries: np.ndarray, references: np.ndarray, chunk: 
   return np.concatenate(scores)[:len(queries)]
 
 
+def _class1_over_class0(scores: np.ndarray) -> np.ndarray:
+  """[Q]: how much more a query is like class 1 than class 0, from two-class mean similarities [Q, 2]."""
+  return scores[:, 1] - scores[:, 0]
+
+
 class Evaluator:
   """Config: split (queries), reference_split, threshold_split, shots, max_queries, knn, seed, queries_per_chunk."""
 
@@ -107,14 +112,14 @@ class Evaluator:
     if self.threshold_split:
       chosen_on = mean_similarity(scorer, scorer.embed(self.threshold_set.images[self.threshold_items]), references,
                                   self.chunk)
-      threshold = metrics.best_threshold(chosen_on[:, 1] - chosen_on[:, 0], self.threshold_labels)
-      result = {'accuracy': metrics.accuracy_at(scores[:, 1] - scores[:, 0], self.query_labels, threshold),
+      threshold = metrics.best_threshold(_class1_over_class0(chosen_on), self.threshold_labels)
+      result = {'accuracy': metrics.accuracy_at(_class1_over_class0(scores), self.query_labels, threshold),
                 'threshold': threshold}
     else:
       predicted = inference.pick_with_random_ties(np.random.default_rng(self.seed + 1), scores)
       result = {'accuracy': float(np.mean(predicted == self.query_labels))}
-    if self.references.num_classes == 2:  # Score of class 1 over class 0, for a threshold-free measure.
-      result['auc'] = metrics.roc_auc(scores[:, 1] - scores[:, 0], self.query_labels)
+    if self.references.num_classes == 2:  # A threshold-free measure.
+      result['auc'] = metrics.roc_auc(_class1_over_class0(scores), self.query_labels)
     if self.knn:
       neighbours, _ = retrieval.EmbeddingIndex(gallery, self.references.labels).query(queries, self.knn)
       voted = knn_vote(self.references.labels[neighbours], self.references.num_classes)
