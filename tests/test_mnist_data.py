@@ -100,6 +100,7 @@ def test_prepared_once_as_a_tfds_dataset_then_read_without_the_files(tmp_path):
   first = mnist.load_splits(config)
   builder = tfds.builder_from_directory(str(tmp_path / 'tfds' / 'mnist_idx' / '1.0.0'))
   assert {name: split.num_examples for name, split in builder.info.splits.items()} == {'train': 20, 'test': 10}
+  assert (tmp_path / 'tfds' / 'mnist_idx' / '1.0.0' / 'arrays.npz').exists()  # read back once, then cached
   for name in os.listdir(raw):
     os.remove(raw / name)
   second = mnist.load_splits(config)

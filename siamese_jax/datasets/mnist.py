@@ -20,7 +20,8 @@ import tensorflow_datasets as tfds
 
 from siamese_jax.datasets import read_split, tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
-from siamese_jax.datasets.raw_files import find_or_download, hold_out_last, int_setting, resize_images, setting
+from siamese_jax.datasets.raw_files import (cached_beside, find_or_download, hold_out_last, int_setting, resize_images,
+                                            setting)
 from siamese_jax.errors import UserError
 
 MIRROR = 'https://storage.googleapis.com/cvdf-datasets/mnist/'
@@ -51,8 +52,12 @@ def load_splits(data_config) -> dict[str, ImageSet]:
                                          [f'{MIRROR}{stem}.gz' for stem in _STEMS]),
       data_dir=tfds_data_dir(data_config), file_format='array_record')
   builder.download_and_prepare()
+  arrays = cached_beside(builder, 'arrays', lambda: _read_arrays(builder))
   source = 'MNIST (canonical idx files)' + (f', resized to {size}x{size}' if size != 28 else '')
-  train, test = (_read_prepared(builder, split, size, source) for split in ('train', 'test'))
+  train, test = (
+      ImageSet(images=resize_images(arrays[f'{split}_images'], size), labels=arrays[f'{split}_labels'],
+               groups=np.zeros(len(arrays[f'{split}_labels']), np.int32), class_names=CLASS_NAMES, source=source)
+      for split in ('train', 'test'))
 
   train, validation = hold_out_last(train.subset(np.isin(train.labels, train_digits)), validation_size)
   splits = {'train': train, 'validation': validation}
@@ -128,17 +133,14 @@ def _read_idx_pair(images_path: str, labels_path: str) -> tuple[np.ndarray, np.n
   return images, labels
 
 
-def _read_prepared(builder: MnistIdx, split: str, size: int, source: str) -> ImageSet:
-  """One prepared split, in idx-file order."""
-  records = sorted(read_split(builder, split), key=lambda record: record['index'])
-  images = np.stack([record['image'] for record in records]) if records else np.zeros((0, 28, 28, 1), np.uint8)
-  return ImageSet(
-      images=resize_images(images, size),
-      labels=np.array([record['label'] for record in records], np.int32),
-      groups=np.zeros(len(records), np.int32),
-      class_names=CLASS_NAMES,
-      source=source,
-  )
+def _read_arrays(builder: MnistIdx) -> dict[str, np.ndarray]:
+  """'<split>_images' and '<split>_labels' of both prepared splits, in idx-file order."""
+  arrays = {}
+  for split in ('train', 'test'):
+    records = sorted(read_split(builder, split), key=lambda record: record['index'])
+    arrays[f'{split}_images'] = np.array([record['image'] for record in records], np.uint8).reshape(-1, 28, 28, 1)
+    arrays[f'{split}_labels'] = np.array([record['label'] for record in records], np.int32)
+  return arrays
 
 
 def _digits(value, key: str) -> tuple[int, ...]:

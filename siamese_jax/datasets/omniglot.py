@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import logging
 import os
 import re
 import zipfile
@@ -25,6 +24,7 @@ from PIL import Image
 
 from siamese_jax.datasets import manual_dir, read_split, tfds_data_dir
 from siamese_jax.datasets.image_set import ImageSet
+from siamese_jax.datasets.raw_files import cached_beside
 from siamese_jax.errors import UserError
 
 ORIGINAL_SIZE = 105
@@ -219,30 +219,11 @@ def load_drawings(data_config) -> Drawings:
                             file_format='array_record')
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
-  arrays = _cached_arrays(builder, size)
+  # Decoding ~26k PNGs takes seconds: one cached copy per image size.
+  arrays = cached_beside(builder, f'decoded_{size}px', lambda: _decode(builder, size))
   archives = '+'.join(f'images_{split}' for split in sorted(builder.info.splits))
   source = f'omniglot {archives} ({len(set(arrays["alphabets"].tolist()))} alphabets), {size}px'
   return Drawings(source=source, **arrays)
-
-
-def _cached_arrays(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
-  """The decoded dataset, cached next to the prepared data (decoding ~26k PNGs takes seconds).
-
-  One compressed file per image size; rebuilding the dataset replaces its folder and the caches.
-  A read-only folder only loses the cache.
-  """
-  path = os.path.join(builder.data_dir, f'decoded_{size}px.npz')
-  if os.path.exists(path):
-    with np.load(path) as cached:
-      return dict(cached)
-  arrays = _decode(builder, size)
-  temporary = f'{path}.{os.getpid()}.npz'
-  try:
-    np.savez_compressed(temporary, **arrays)
-    os.replace(temporary, path)  # Atomic: a concurrent reader sees all of it or nothing.
-  except OSError as error:
-    logging.warning('not caching decoded Omniglot images at %s: %s', path, error)
-  return arrays
 
 
 def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
