@@ -13,6 +13,11 @@ For every (batch size, dtype) two rows are measured:
 The step is compiled ahead of time (`lower().compile()`, timed as compile time), called `--warmup` times,
 then `--steps` times, each call timed to `block_until_ready`; the median is reported.
 
+With `--oneshot_runs=20` it also times one-shot evaluation per dtype: that many Lake-style 20-way runs
+(20 x 20 = 400 trials) scored by `evaluate.score_runs`, every image embedded in one pass. Runs are drawn
+with `lake_runs.make_runs` from the config's validation alphabets and drawers (Omniglot), else from
+random images; the network is freshly initialised, since the time does not depend on the weights.
+
 FLOPs per step come from XLA's cost analysis of the compiled single step, times the number of devices
 (the analysis is of one device's program). The fused call's own analysis is not used: XLA counts a loop
 body once whatever its trip count, and whether the loop is unrolled depends on the backend. The analytic
@@ -39,7 +44,8 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from siamese_jax import config_schema, datasets, models, samplers, sharding, train
+from siamese_jax import config_schema, datasets, evaluate, inference, lake_runs, models, samplers, sharding, train
+from siamese_jax.datasets import omniglot
 from siamese_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -56,6 +62,8 @@ flags.DEFINE_enum('data', 'auto', ['auto', 'config', 'synthetic'],
 flags.DEFINE_integer('image_channels', 1, 'Channels of the random images of --data=synthetic.', lower_bound=1)
 flags.DEFINE_float('peak_tflops', 798.0, 'Peak rate for the fraction-of-peak column (default: the measured '
                    'H100 dense bf16 matmul rate).')
+flags.DEFINE_integer('oneshot_runs', 0, 'Also time scoring this many 20-way one-shot runs per dtype (0: no).',
+                     lower_bound=0)
 flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 # Random stand-in for a training split, the size of Omniglot's background set.
@@ -235,6 +243,43 @@ def benchmark(config: ml_collections.ConfigDict, image_set: datasets.ImageSet, d
   return rows
 
 
+def oneshot_runs(config: ml_collections.ConfigDict, num_runs: int, ways: int = 20) -> list[lake_runs.LakeRun]:
+  """Lake-style runs from the config's Omniglot validation drawings, else from random images."""
+  if config.data.name == 'omniglot':
+    try:
+      drawings = omniglot.load_drawings(config.data).where(config.data.validation_alphabets,
+                                                                    config.data.validation_drawers)
+      return lake_runs.make_runs(drawings, num_runs=num_runs, ways=ways)
+    except UserError as error:
+      logging.warning('one-shot runs from random images: %s', error)
+  size = config.data.image_size
+  rng = np.random.default_rng(0)
+  return [lake_runs.LakeRun(name=f'run{r + 1:02d}',
+                            support=rng.integers(0, 256, (ways, size, size, 1), dtype=np.uint8),
+                            queries=rng.integers(0, 256, (ways, size, size, 1), dtype=np.uint8),
+                            answers=rng.permutation(ways).astype(np.int32)) for r in range(num_runs)]
+
+
+def time_oneshot(config: ml_collections.ConfigDict, runs, repeats: int) -> dict:
+  """Seconds to score `runs` with a fresh network: the first call (compiling) and the median of `repeats`."""
+  model = models.build(config.model)
+  image_shape = runs[0].support.shape[1:]
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 2) + image_shape, jnp.float32))['params'])(
+      jax.random.key(config.seed))
+  scorer = inference.Scorer(model, params, sharding.data_mesh(), config.train.eval_batch_size)
+  start = time.perf_counter()
+  evaluate.score_runs(scorer, runs)  # returns host floats: the work is done when it returns
+  first = time.perf_counter() - start
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    evaluate.score_runs(scorer, runs)
+    seconds.append(time.perf_counter() - start)
+  trials = sum(len(run.queries) for run in runs)
+  return {'dtype': config.model.dtype, 'runs': len(runs), 'trials': trials, 'first_call_s': first,
+          'median_s': statistics.median(seconds), 'seconds': seconds}
+
+
 def _number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
   return '-' if value is None else f'{value / scale:.{digits}f}'
 
@@ -249,6 +294,14 @@ def markdown_table(rows: list[Row]) -> str:
                  f'{r.step_ms:.2f} | {r.pairs_per_s:.1f} | {_number(r.xla_flops_per_step, 1e9, 2)} | '
                  f'{_number(r.analytic_flops_per_step, 1e9, 2)} | {_number(r.tflops, digits=3)} | '
                  f'{_number(r.peak_fraction, 0.01, 2)} |')
+  return '\n'.join(lines)
+
+
+def oneshot_table(results: list[dict]) -> str:
+  lines = ['| dtype | runs | trials | first call s | median s | trials/s |', '|---|---:|---:|---:|---:|---:|']
+  for r in results:
+    lines.append(f'| {r["dtype"]} | {r["runs"]} | {r["trials"]} | {r["first_call_s"]:.3f} | {r["median_s"]:.3f} | '
+                 f'{r["trials"] / r["median_s"]:.0f} |')
   return '\n'.join(lines)
 
 
@@ -300,6 +353,11 @@ def main(argv):
                steps_per_call=FLAGS.steps_per_call or config.train.steps_per_call, data=FLAGS.data,
                image_channels=FLAGS.image_channels, warmup=FLAGS.warmup, steps=FLAGS.steps,
                peak_tflops=FLAGS.peak_tflops)
+    oneshot = []
+    if FLAGS.oneshot_runs:
+      runs = oneshot_runs(config, FLAGS.oneshot_runs)
+      oneshot = [time_oneshot(variant(config, **{'model.dtype': dtype}), runs, FLAGS.steps)
+                 for dtype in FLAGS.dtypes or [config.model.dtype]]
   except UserError as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
@@ -311,11 +369,15 @@ def main(argv):
   print(markdown_table(rows))
   print(f'TFLOP/s: XLA\'s FLOP count of the compiled single step on all devices (the analytic count where '
         f'XLA gives none) / median step time; % of peak: of {FLAGS.peak_tflops:g} TFLOP/s.')
+  if oneshot:
+    print(f'One-shot evaluation, fresh network, median of {FLAGS.steps} after the first call:')
+    print(oneshot_table(oneshot))
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'environment': env, 'peak_tflops': FLAGS.peak_tflops, 'warmup': FLAGS.warmup,
                  'steps': FLAGS.steps, 'config': config.to_dict(),
-                 'results': [dataclasses.asdict(r) for r in rows]}, f, indent=1, default=str)
+                 'results': [dataclasses.asdict(r) for r in rows], 'oneshot': oneshot}, f, indent=1,
+                default=str)
 
 
 if __name__ == '__main__':

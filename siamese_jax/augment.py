@@ -13,6 +13,9 @@ do not depend on the image size. The composition order is
   M = Translate(tx, ty) · Rotate(θ) · Shear(ρx, ρy) · Scale(sx, sy),
 
 i.e. scale first, then shear, then rotate, then translate, with Shear = [[1, ρx], [ρy, 1]].
+With `dihedral`, one of the eight symmetries of the square (quarter turns, each mirrored or not) is
+applied first, uniformly: for pictures with no up or down, such as cells under a microscope. On a
+square image it moves whole pixels, so it adds no blur.
 Everything is shape-static and built from jax.random, so it runs inside a jitted training step.
 """
 
@@ -40,8 +43,9 @@ class AffineConfig:
     scale: sx and sy are drawn from [scale[0], scale[1]].
     translate_px: tx and ty are drawn from [-translate_px, translate_px] pixels.
     prob: the chance that each component is applied rather than left at identity.
-    strength: multiplies every range's distance from identity; 0 turns augmentation off and
+    strength: multiplies every range's distance from identity; 0 turns the distortions off and
       values in between give a gentler version of the same distortions.
+    dihedral: also apply a uniformly drawn quarter turn and mirror image (independent of strength).
   """
 
   rotation_deg: float = 10.0
@@ -50,6 +54,7 @@ class AffineConfig:
   translate_px: float = 2.0
   prob: float = 0.5
   strength: float = 1.0
+  dihedral: bool = False
 
   def __post_init__(self):
     numbers = (self.rotation_deg, self.shear, self.translate_px, self.prob, self.strength, *self.scale)
@@ -78,8 +83,11 @@ class AffineConfig:
     if unknown := sorted(set(values) - known):
       raise UserError(f'unknown augment key(s) {", ".join(unknown)}; '
                       f'expected some of {", ".join(sorted(known))}')
+    if not isinstance(values.get('dihedral', False), bool):
+      raise UserError(f'augment.dihedral must be True or False, got {values["dihedral"]!r}')
     try:
-      values = {k: tuple(float(s) for s in v) if k == 'scale' else float(v) for k, v in values.items()}
+      values = {k: v if k == 'dihedral' else tuple(float(s) for s in v) if k == 'scale' else float(v)
+                for k, v in values.items()}
     except (TypeError, ValueError) as e:
       raise UserError(f'augment values must be numbers and augment.scale a (low, high) pair: {e}') from None
     return cls(**values)
@@ -98,7 +106,7 @@ def affine_matrices(key: jax.Array, n: int, config: AffineConfig) -> jax.Array:
   # Offsets from identity, so that "not applied" is 0 for every component.
   high = jnp.array([rotation, shear, shear, high_scale - 1, high_scale - 1, shift, shift], jnp.float32)
   low = jnp.array([-rotation, -shear, -shear, low_scale - 1, low_scale - 1, -shift, -shift], jnp.float32)
-  apply_key, value_key = jax.random.split(key)
+  apply_key, value_key, dihedral_key = jax.random.split(key, 3)
   applied = jax.random.bernoulli(apply_key, config.prob, (n, _NUM_COMPONENTS))
   values = jax.random.uniform(value_key, (n, _NUM_COMPONENTS), jnp.float32, low, high)
   theta, rho_x, rho_y, ds_x, ds_y, t_x, t_y = jnp.where(applied, values, 0.0).T
@@ -112,6 +120,21 @@ def affine_matrices(key: jax.Array, n: int, config: AffineConfig) -> jax.Array:
   d = (sin * rho_x + cos) * s_y
   zeros, ones = jnp.zeros_like(theta), jnp.ones_like(theta)
   rows = [jnp.stack(row, -1) for row in ((a, b, t_x), (c, d, t_y), (zeros, zeros, ones))]
+  matrices = jnp.stack(rows, -2)
+  if config.dihedral:
+    matrices = matrices @ dihedral_matrices(dihedral_key, n)
+  return matrices
+
+
+def dihedral_matrices(key: jax.Array, n: int) -> jax.Array:
+  """`n` uniform draws from the eight symmetries of the square: f32 [n, 3, 3], centred coordinates."""
+  turns_key, mirror_key = jax.random.split(key)
+  angle = jax.random.randint(turns_key, (n,), 0, 4) * (jnp.pi / 2)
+  cos, sin = jnp.round(jnp.cos(angle)), jnp.round(jnp.sin(angle))  # exact 0 and ±1
+  mirror = jnp.where(jax.random.bernoulli(mirror_key, 0.5, (n,)), -1.0, 1.0)  # x -> -x first
+  zeros, ones = jnp.zeros_like(cos), jnp.ones_like(cos)
+  rows = [jnp.stack(row, -1) for row in ((cos * mirror, -sin, zeros), (sin * mirror, cos, zeros),
+                                         (zeros, zeros, ones))]
   return jnp.stack(rows, -2)
 
 
@@ -155,6 +178,6 @@ def _bilinear(image: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:
 
 def random_affine(key: jax.Array, images: jax.Array, config: AffineConfig) -> jax.Array:
   """Distorts each image of a batch [n, H, W, C] with its own sampled transform; float32 out."""
-  if config.strength == 0 or config.prob == 0:  # Static: skips the warp when augmentation is off.
+  if (config.strength == 0 or config.prob == 0) and not config.dihedral:  # Static: no warp when off.
     return images.astype(jnp.float32)
   return warp(images, affine_matrices(key, images.shape[0], config))

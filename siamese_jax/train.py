@@ -225,6 +225,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best = manager.best_metrics(history)
   stale = _validations_since_best(history, config.train.best_metric)
   sums, count, last_time, last_step = None, 0, time.perf_counter(), start_step
+  # Training seconds (validation included) since step 0, carried over a resume: time to an accuracy.
+  elapsed_before = history[-1].get('elapsed_s', 0.0) if history else 0.0
+  run_start = last_time
   train_means = {}
   step = start_step
   stop_reason = f'reached train.num_steps={num_steps}'
@@ -252,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.train.eval_every < steps_per_call or step >= num_steps:
       scorer.set_params(state.params)
       eval_metrics = evaluators.run_all(evals, scorer)
-      entry = {'step': step, **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
+      entry = {'step': step, 'elapsed_s': elapsed_before + time.perf_counter() - run_start,
+               **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
       history.append(entry)
       logging.info('step %d validation: %s', step, '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
       if writer:

@@ -183,6 +183,31 @@ class RandomAffineTest(chex.TestCase):
     chex.assert_trees_all_close(batched, jnp.stack([distort(k, x) for k, x in zip(keys, images)]), atol=1e-5)
 
 
+def _symmetries(image: np.ndarray) -> list[np.ndarray]:
+  """The eight quarter turns and mirror images of an [H, W, C] image."""
+  turns = [np.rot90(image, k) for k in range(4)]
+  return turns + [np.fliplr(t) for t in turns]
+
+
+def test_dihedral_alone_moves_whole_pixels_and_draws_all_eight_symmetries():
+  config = AffineConfig(strength=0.0, dihedral=True)
+  images = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 9, 9, 1), np.uint8), 400, axis=0)
+  out = np.asarray(augment.random_affine(jax.random.key(0), images, config))
+  symmetries = _symmetries(images[0].astype(np.float32))
+  matches = [[i for i, s in enumerate(symmetries) if np.array_equal(o, s)] for o in out]
+  assert all(len(m) == 1 for m in matches)  # exact: no interpolation blur
+  counts = np.bincount([m[0] for m in matches], minlength=8)
+  assert counts.min() > 25, counts  # 400 draws over 8 symmetries: 50 each on average
+
+
+def test_dihedral_composes_with_the_distortions():
+  matrices = _sample(AffineConfig(dihedral=True), seed=3)
+  plain = _sample(AffineConfig(), seed=3)
+  dets = np.linalg.det(matrices[:, :2, :2])
+  assert np.mean(dets < 0) == pytest.approx(0.5, abs=0.02)  # mirror images flip orientation
+  np.testing.assert_allclose(np.abs(dets), np.abs(np.linalg.det(plain[:, :2, :2])), rtol=1e-5)
+
+
 def test_config_from_config_block_round_trips_and_coerces():
   assert AffineConfig.from_config(augment.default_config()) == AffineConfig()
   block = ml_collections.ConfigDict(dict(rotation_deg=5, scale=[0.9, 1.1], strength=0.5))
@@ -199,6 +224,7 @@ def test_config_from_config_block_round_trips_and_coerces():
     (dict(scale=(1.2, 0.8)), 'augment.scale'),
     (dict(strength=6.0), 'augment.scale'),
     (dict(rotation_deg=float('nan')), 'finite'),
+    (dict(dihedral='yes'), 'augment.dihedral must be True or False'),
 ])
 def test_bad_config_values_raise_user_error(block, message):
   with pytest.raises(UserError, match=message):

@@ -112,6 +112,9 @@ def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits):
   state, history = manager.restore(template, 60)
   assert int(state.step) == 60
   assert [h['step'] for h in history] == [20, 40, 60]
+  # Training time keeps counting across the resume.
+  elapsed = [h['elapsed_s'] for h in history]
+  assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
 
 def test_checkpoint_round_trip(tmp_path):
