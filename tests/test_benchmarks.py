@@ -5,6 +5,7 @@ import statistics
 import subprocess
 import sys
 
+import chex
 import pytest
 from conftest import REPO, synthetic_image_set
 
@@ -94,7 +95,7 @@ def test_command_on_cpu_writes_consistent_results(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.throughput', '--config=configs/omniglot.py:smoke', f'--batch_sizes={batch}',
        '--dtypes=float32', '--steps=2', '--warmup=1', f'--steps_per_call={steps_per_call}', '--data=synthetic',
-       f'--peak_tflops={peak}', f'--json={out}'],
+       f'--peak_tflops={peak}', '--oneshot_runs=3', f'--json={out}'],
       cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| synthetic | 8 | float32 | 1 |' in result.stdout
@@ -107,11 +108,15 @@ def test_command_on_cpu_writes_consistent_results(tmp_path):
     assert r['compile_s'] > 0 and len(r['step_ms_samples']) == 2 and min(r['step_ms_samples']) > 0
     assert r['step_ms'] == pytest.approx(statistics.median(r['step_ms_samples']))
     assert r['pairs_per_s'] == pytest.approx(batch / (r['step_ms'] / 1e3))
-    assert r['flops_source'] == 'xla'
-    # XLA's count of the training step (no input gradient for the first layer) is close to 3x forward.
+    assert r['flops_source'] == 'analytic'
+    # XLA:CPU's count of the training step (no input gradient for the first layer) is close to 3x forward.
     assert 0.8 < r['xla_flops_per_step'] / r['analytic_flops_per_step'] < 1.1
-    assert r['tflops'] == pytest.approx(r['xla_flops_per_step'] / (r['step_ms'] / 1e3) / 1e12)
+    assert r['tflops'] == pytest.approx(r['analytic_flops_per_step'] / (r['step_ms'] / 1e3) / 1e12)
     assert r['peak_fraction'] == pytest.approx(r['tflops'] / peak)
+  [oneshot] = report['oneshot']
+  assert (oneshot['dtype'], oneshot['runs'], oneshot['trials'], len(oneshot['seconds'])) == ('float32', 3, 60, 2)
+  assert oneshot['median_s'] == pytest.approx(statistics.median(oneshot['seconds'])) and oneshot['median_s'] > 0
+  assert '| float32 | 3 | 60 |' in result.stdout
 
 
 def test_command_reports_an_indivisible_batch_in_one_line():
@@ -137,3 +142,22 @@ def test_benchmark_measures_m_per_class_batches_for_triplet_loss():
   forward = throughput.conv_tower_forward_flops((8, 8, 1), (4,), (3,), 8)
   assert rows[0].analytic_flops_per_step == 3 * 8 * forward  # 8 images, not 8 pairs
   assert all(r.step_ms > 0 and r.pairs_per_s == pytest.approx(8e3 / r.step_ms) for r in rows)
+
+
+def test_flop_rate_prefers_the_analytic_count():
+  c = config_schema.base_config()
+  row = throughput.Row.from_times(mode='synthetic', config=c, call_seconds=[0.5, 1.0, 2.0], compile_s=1.0,
+                                  xla=1e9, analytic=4e12, peak_tflops=8.0, data='x')
+  assert (row.flops_source, row.tflops, row.peak_fraction) == ('analytic', 4.0, 0.5)
+  row = throughput.Row.from_times(mode='synthetic', config=c, call_seconds=[1.0], compile_s=1.0, xla=2e12,
+                                  analytic=None, peak_tflops=8.0, data='x')
+  assert (row.flops_source, row.tflops) == ('xla', 2.0)
+
+
+def test_oneshot_runs_are_omniglot_validation_drawings_unless_synthetic():
+  c = config_schema.base_config()
+  c.data.image_size = 12
+  runs = throughput.oneshot_runs(c, 'synthetic', num_runs=2, ways=5)
+  assert [r.name for r in runs] == ['run01', 'run02']
+  chex.assert_shape([runs[0].support, runs[0].queries], (5, 12, 12, 1))
+  assert sorted(runs[1].answers.tolist()) == list(range(5))
