@@ -116,6 +116,15 @@ def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits):
   elapsed = [h['elapsed_s'] for h in history]
   assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
+  # num_steps below the latest step: no further training, the best checkpoint is scored on the test sets.
+  os.remove(os.path.join(workdir, 'results.json'))
+  config = tiny_config(num_steps=1)
+  config.test_evaluators.heldout = dict(kind='oneshot', split='validation', ways=3, shots=1, episodes=10)
+  rescored = train.train_and_evaluate(config, workdir)
+  assert checkpoints.Manager(workdir, 'oneshot/accuracy').steps() == manager.steps()
+  assert len(json.loads(open(os.path.join(workdir, 'history.json')).read())) == 3
+  assert json.loads(open(os.path.join(workdir, 'results.json')).read())['step'] == rescored['step']
+
 
 def test_checkpoint_round_trip(tmp_path):
   config = tiny_config()
