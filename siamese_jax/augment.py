@@ -126,6 +126,12 @@ def affine_matrices(key: jax.Array, n: int, config: AffineConfig) -> jax.Array:
   return matrices
 
 
+def dihedral_views(images: jax.Array) -> list[jax.Array]:
+  """The eight symmetries of square images [N, S, S, C]: four quarter turns, then the same mirrored."""
+  turns = [jnp.rot90(images, k, axes=(1, 2)) for k in range(4)]
+  return turns + [jnp.flip(t, axis=2) for t in turns]
+
+
 def dihedral_matrices(key: jax.Array, n: int) -> jax.Array:
   """`n` uniform draws from the eight symmetries of the square: f32 [n, 3, 3], centred coordinates."""
   turns_key, mirror_key = jax.random.split(key)

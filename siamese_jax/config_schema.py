@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.best_metric = 'oneshot_20way/accuracy'
   c.train.patience = 0  # validations without improvement before stopping; 0 = never stop early
   c.train.eval_batch_size = 256
+  # Evaluate on the mean embedding of each image's quarter turns and mirror images (square images only).
+  c.train.eval_average_symmetries = False
 
   # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
   c.evaluators = ml_collections.ConfigDict()

@@ -44,7 +44,7 @@ def load_trained(workdir: str, which: str = 'best'):
     step = best['step']
     params, _ = manager.restore_params(step)
   model = models.build(config.model)
-  return config, step, inference.Scorer(model, params, sharding.data_mesh(), config.train.eval_batch_size)
+  return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
 
 
 def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from siamese_jax import models, sharding
+from siamese_jax import augment, models, sharding
 
 
 def to_float(images):
@@ -22,9 +22,15 @@ def to_float(images):
 
 
 class Scorer:
-  """Embeds image arrays in sharded batches and scores embedding pairs (higher = more alike)."""
+  """Embeds image arrays in sharded batches and scores embedding pairs (higher = more alike).
 
-  def __init__(self, model: models.SiameseNet, params, mesh, batch_size: int = 256):
+  With `average_symmetries`, an image's embedding is the mean of its eight quarter turns and mirror
+  images' embeddings (back on the unit sphere when the model normalises): for pictures with no up or
+  down, such as cells, whose network was trained on all eight (`augment.dihedral`).
+  """
+
+  def __init__(self, model: models.SiameseNet, params, mesh, batch_size: int = 256,
+               average_symmetries: bool = False):
     self.mesh = mesh
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.output_kind = model.head.output_kind
@@ -32,7 +38,13 @@ class Scorer:
 
     @functools.partial(jax.jit, out_shardings=sharding.batch_sharded(mesh))
     def embed(params, images):
-      return model.apply({'params': params}, to_float(images), method=models.SiameseNet.embed)
+      x = to_float(images)
+      if not average_symmetries:
+        return model.apply({'params': params}, x, method=models.SiameseNet.embed)
+      views = jnp.concatenate(augment.dihedral_views(x))
+      embeddings = model.apply({'params': params}, views, method=models.SiameseNet.embed)
+      mean = embeddings.reshape((8,) + x.shape[:1] + embeddings.shape[1:]).mean(axis=0)
+      return models.unit_length(mean) if model.normalize else mean
 
     @jax.jit
     def similarity(params, e1, e2):
@@ -41,6 +53,11 @@ class Scorer:
 
     self._embed = embed
     self._similarity = similarity
+
+  @classmethod
+  def for_config(cls, config, model: models.SiameseNet, params, mesh) -> Scorer:
+    """The scorer a training config asks for (`train.eval_batch_size`, `train.eval_average_symmetries`)."""
+    return cls(model, params, mesh, config.train.eval_batch_size, config.train.eval_average_symmetries)
 
   def set_params(self, params) -> None:
     """Scores with new parameters, reusing the compiled functions (one compilation per run)."""

@@ -137,6 +137,11 @@ class CosineHead(nn.Module):
     return 1.0 - cos
 
 
+def unit_length(embeddings: jax.Array) -> jax.Array:
+  """Embeddings [..., D] scaled to unit Euclidean length (zero vectors stay zero)."""
+  return embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+
+
 class SiameseNet(nn.Module):
   """An encoder shared by both images of a pair, and a head that compares their embeddings."""
 
@@ -149,9 +154,7 @@ class SiameseNet(nn.Module):
   def embed(self, images):
     """Images (float, [N, H, W, C]) -> embeddings [N, D] in float32 (unit length if `normalize`)."""
     embeddings = self.encoder(images).astype(jnp.float32)
-    if self.normalize:
-      embeddings = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
-    return embeddings
+    return unit_length(embeddings) if self.normalize else embeddings
 
   def compare(self, e1, e2):
     """The head's raw output for embedding pairs: a logit or a distance (see `output_kind`)."""

@@ -219,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     host_batches = HostBatches(train_set, layout, config, mesh)
     steps_per_call = 1
 
-  scorer = inference.Scorer(model, state.params, mesh, config.train.eval_batch_size)
+  scorer = inference.Scorer.for_config(config, model, state.params, mesh)
   schedule = learning_rate_schedule(config.optimizer)
   num_steps = config.train.num_steps
   best = manager.best_metrics(history)

@@ -2,12 +2,13 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from conftest import synthetic_image_set
 
-from siamese_jax import config_schema, evaluators, inference, models, sharding
+from siamese_jax import augment, config_schema, evaluators, inference, models, sharding
 from siamese_jax.datasets import ImageSet
 from siamese_jax.errors import UserError
 from siamese_jax.evaluators import verification
@@ -301,3 +302,26 @@ def test_real_scorer_through_run_all():
   images = splits['test'].images
   direct = scorer.similarity(scorer.embed(images[pairs[:, 0]]), scorer.embed(images[pairs[:, 1]]))
   chex.assert_trees_all_close(evals['verify'].scores(scorer), direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize('normalize', [False, True])
+def test_scorer_averages_the_eight_symmetries(normalize):
+  c = config_schema.base_config().model
+  c.features, c.kernel_sizes, c.embedding_dim, c.normalize_embeddings = (4,), (3,), 8, normalize
+  model = models.build(c)
+  params = model.init(jax.random.key(0), np.zeros((1, 2, 9, 9, 1), np.float32))['params']
+  images = np.random.default_rng(0).integers(0, 256, (6, 9, 9, 1), np.uint8)
+  plain = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8)
+  averaged = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8, average_symmetries=True)
+  embeddings = averaged.embed(images)
+  # The mean over the eight views, taken from the plain scorer (back on the unit sphere if normalised).
+  views = np.stack([plain.embed(np.asarray(v)) for v in augment.dihedral_views(jnp.asarray(images))])
+  expected = views.mean(axis=0)
+  if normalize:
+    expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-5)
+  chex.assert_trees_all_close(embeddings, expected, rtol=1e-4, atol=1e-6)
+  # So every quarter turn or mirror image of an image gets the same embedding; the plain scorer's differ.
+  turned = np.rot90(images, 1, axes=(1, 2)).copy()
+  chex.assert_trees_all_close(averaged.embed(turned), embeddings, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(plain.embed(turned), plain.embed(images), rtol=1e-3)
