@@ -2,7 +2,8 @@
 
 The shared copy is all 27,558 cells downscaled to 50x50 grayscale by a third party; results say which
 copy they are on (the ImageSet's `source`). Patients never span two splits.
-Variants: `:smoke` (a few hundred steps, for the end-to-end test).
+The default (a small ResNet, 128 pairs per step) is sized for a GPU; `:smoke` is a conv tower trained for a
+few hundred steps on a CPU (the end-to-end test).
 """
 
 from siamese_jax import config_schema
