@@ -14,7 +14,7 @@ The step is compiled ahead of time (`lower().compile()`, timed as compile time),
 then `--steps` times, each call timed to `block_until_ready`; the median is reported.
 
 With `--oneshot_runs=20` it also times one-shot evaluation per dtype: that many Lake-style 20-way runs
-(20 x 20 = 400 trials) scored by `evaluate.score_runs`, every image embedded in one pass. Runs are drawn
+(20 x 20 = 400 trials) scored by `lake_runs.score_runs`, every image embedded in one pass. Runs are drawn
 with `lake_runs.make_runs` from the config's validation alphabets and drawers (Omniglot), else from
 random images; the network is freshly initialised, since the time does not depend on the weights.
 
@@ -46,7 +46,7 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from siamese_jax import config_schema, datasets, evaluate, inference, lake_runs, models, samplers, sharding, train
+from siamese_jax import config_schema, datasets, inference, lake_runs, models, samplers, sharding, train
 from siamese_jax.datasets import omniglot
 from siamese_jax.errors import UserError
 
@@ -273,12 +273,12 @@ def time_oneshot(config: ml_collections.ConfigDict, runs, repeats: int) -> dict:
       jax.random.key(config.seed))
   scorer = inference.Scorer.for_config(config, model, params, sharding.data_mesh())
   start = time.perf_counter()
-  evaluate.score_runs(scorer, runs)  # returns host floats: the work is done when it returns
+  lake_runs.score_runs(scorer, runs)  # returns host floats: the work is done when it returns
   first = time.perf_counter() - start
   seconds = []
   for _ in range(repeats):
     start = time.perf_counter()
-    evaluate.score_runs(scorer, runs)
+    lake_runs.score_runs(scorer, runs)
     seconds.append(time.perf_counter() - start)
   trials = sum(len(run.queries) for run in runs)
   return {'dtype': config.model.dtype, 'runs': len(runs), 'trials': trials, 'first_call_s': first,

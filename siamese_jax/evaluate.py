@@ -47,23 +47,6 @@ def load_trained(workdir: str, which: str = 'best'):
   return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
 
 
-def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:
-  """Accuracy of each run: the fraction of queries matched to their own class's training image.
-
-  Every image of every run is embedded in one pass (the tower is the cost; the head is cheap).
-  """
-  rng = np.random.default_rng(seed)
-  embeddings = scorer.embed(np.concatenate([images for run in runs for images in (run.support, run.queries)]))
-  accuracies, start = [], 0
-  for run in runs:
-    support = embeddings[start:start + len(run.support)]
-    queries = embeddings[start + len(run.support):start + len(run.support) + len(run.queries)]
-    start += len(run.support) + len(run.queries)
-    scores = scorer.similarity(queries[:, None, :], support[None, :, :])  # [Q, W]
-    accuracies.append(float(np.mean(inference.pick_with_random_ties(rng, scores) == run.answers)))
-  return accuracies
-
-
 def main(argv):
   del argv
   try:
@@ -74,7 +57,7 @@ def main(argv):
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  accuracies = score_runs(scorer, runs, FLAGS.seed)
+  accuracies = lake_runs.score_runs(scorer, runs, FLAGS.seed)
   print(f'{FLAGS.workdir} checkpoint at step {step} ({FLAGS.checkpoint}), {len(runs)} runs from {FLAGS.lake_runs}')
   for run, accuracy in zip(runs, accuracies):
     print(f'{run.name}  {accuracy * 100:5.1f}%')

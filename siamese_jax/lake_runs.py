@@ -1,4 +1,4 @@
-"""Lake et al.'s 20-way one-shot runs in their published format (`all_runs.zip`).
+"""Lake et al.'s 20-way one-shot runs in their published format (`all_runs.zip`), and scoring a network on them.
 
 Each run is a folder `runNN/` holding `training/classNN.png` (one image per class, the support),
 `test/itemNN.png` (the queries) and `class_labels.txt`, whose lines pair a query with its matching
@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from siamese_jax import inference
 from siamese_jax.datasets.omniglot import ORIGINAL_SIZE, Drawings, decode_png
 from siamese_jax.errors import UserError
 
@@ -168,3 +169,20 @@ def make_runs(drawings: Drawings, num_runs: int = 20, ways: int = 20, seed: int 
         answers=query_order.astype(np.int32),
     ))
   return runs
+
+
+def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:
+  """Accuracy of each run: the fraction of queries matched to their own class's training image.
+
+  Every image of every run is embedded in one pass (the tower is the cost; the head is cheap).
+  """
+  rng = np.random.default_rng(seed)
+  embeddings = scorer.embed(np.concatenate([images for run in runs for images in (run.support, run.queries)]))
+  accuracies, start = [], 0
+  for run in runs:
+    support = embeddings[start:start + len(run.support)]
+    queries = embeddings[start + len(run.support):start + len(run.support) + len(run.queries)]
+    start += len(run.support) + len(run.queries)
+    scores = scorer.similarity(queries[:, None, :], support[None, :, :])  # [Q, W]
+    accuracies.append(float(np.mean(inference.pick_with_random_ties(rng, scores) == run.answers)))
+  return accuracies

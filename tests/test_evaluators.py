@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_image_set
 
-from siamese_jax import evaluate, evaluators, lake_runs
+from siamese_jax import evaluators, lake_runs
 from siamese_jax.errors import UserError
 from siamese_jax.evaluators import oneshot
 
@@ -74,6 +74,6 @@ def test_lake_runs_scoring_with_known_models():
     first, second = np.arange(0, 40, 2), np.arange(1, 40, 2)  # two images of each class
     runs.append(lake_runs.LakeRun(name=f'run{r + 1:02d}', support=image_set.images[first],
                                   queries=image_set.images[second][order], answers=order.astype(np.int32)))
-  assert evaluate.score_runs(OracleScorer(image_set), runs) == [1.0, 1.0, 1.0]
-  chance = np.mean(evaluate.score_runs(OracleScorer(image_set, constant=True), runs * 20))
+  assert lake_runs.score_runs(OracleScorer(image_set), runs) == [1.0, 1.0, 1.0]
+  chance = np.mean(lake_runs.score_runs(OracleScorer(image_set, constant=True), runs * 20))
   assert chance == pytest.approx(1 / 20, abs=0.03)
