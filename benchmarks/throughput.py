@@ -119,15 +119,24 @@ def random_image_set(image_shape, seed: int = 0) -> datasets.ImageSet:
                            source=f'random images, {image_shape[0]}px')
 
 
+def _dataset_unless_synthetic(data: str, load):
+  """`load()` per `--data`: None (use random images) for synthetic, or for auto when it fails."""
+  if data == 'synthetic':
+    return None
+  try:
+    return load()
+  except UserError as error:
+    if data == 'config':
+      raise
+    logging.warning('using random images: the dataset did not load (%s)', error)
+    return None
+
+
 def training_images(config: ml_collections.ConfigDict, data: str, channels: int) -> datasets.ImageSet:
   """The training split per `--data` (see the flag)."""
-  if data != 'synthetic':
-    try:
-      return datasets.load_splits(config.data)['train']
-    except UserError as error:
-      if data == 'config':
-        raise
-      logging.warning('using random images: the dataset did not load (%s)', error)
+  image_set = _dataset_unless_synthetic(data, lambda: datasets.load_splits(config.data)['train'])
+  if image_set is not None:
+    return image_set
   size = config.data.get('image_size')
   if not isinstance(size, int) or size < 1:
     raise UserError(f'random images need a positive integer data.image_size, got {size!r}; '
@@ -248,15 +257,12 @@ def benchmark(config: ml_collections.ConfigDict, image_set: datasets.ImageSet, d
 def oneshot_runs(config: ml_collections.ConfigDict, data: str, num_runs: int,
                  ways: int = 20) -> list[lake_runs.LakeRun]:
   """Lake-style runs from the config's Omniglot validation drawings, or from random images (per `--data`)."""
-  if data != 'synthetic' and config.data.name == 'omniglot':
-    try:
-      drawings = omniglot.load_drawings(config.data).where(config.data.validation_alphabets,
-                                                           config.data.validation_drawers)
-      return lake_runs.make_runs(drawings, num_runs=num_runs, ways=ways)
-    except UserError as error:
-      if data == 'config':
-        raise
-      logging.warning('one-shot runs from random images: %s', error)
+  if config.data.name == 'omniglot':
+    runs = _dataset_unless_synthetic(data, lambda: lake_runs.make_runs(
+        omniglot.load_drawings(config.data).where(config.data.validation_alphabets, config.data.validation_drawers),
+        num_runs=num_runs, ways=ways))
+    if runs is not None:
+      return runs
   size = config.data.image_size
   rng = np.random.default_rng(0)
   return [lake_runs.LakeRun(name=f'run{r + 1:02d}',

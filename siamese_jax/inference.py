@@ -14,6 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from siamese_jax import augment, models, sharding
+from siamese_jax.errors import UserError
 
 
 def to_float(images):
@@ -41,6 +42,8 @@ class Scorer:
       x = to_float(images)
       if not average_symmetries:
         return model.apply({'params': params}, x, method=models.SiameseNet.embed)
+      if x.shape[1] != x.shape[2]:  # Checked while tracing: quarter turns need square images.
+        raise UserError(f'train.eval_average_symmetries needs square images, got {x.shape[1]}x{x.shape[2]}')
       views = jnp.concatenate(augment.dihedral_views(x))
       embeddings = model.apply({'params': params}, views, method=models.SiameseNet.embed)
       mean = embeddings.reshape((8,) + x.shape[:1] + embeddings.shape[1:]).mean(axis=0)

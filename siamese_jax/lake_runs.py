@@ -1,4 +1,4 @@
-"""Lake et al.'s 20-way one-shot runs in their published format (`all_runs.zip`), and scoring a network on them.
+"""Lake et al.'s 20-way one-shot runs in their published format (`all_runs.zip`); scoring a network on them.
 
 Each run is a folder `runNN/` holding `training/classNN.png` (one image per class, the support),
 `test/itemNN.png` (the queries) and `class_labels.txt`, whose lines pair a query with its matching
@@ -177,12 +177,10 @@ def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:
   Every image of every run is embedded in one pass (the tower is the cost; the head is cheap).
   """
   rng = np.random.default_rng(seed)
-  embeddings = scorer.embed(np.concatenate([images for run in runs for images in (run.support, run.queries)]))
-  accuracies, start = [], 0
-  for run in runs:
-    support = embeddings[start:start + len(run.support)]
-    queries = embeddings[start + len(run.support):start + len(run.support) + len(run.queries)]
-    start += len(run.support) + len(run.queries)
+  parts = [images for run in runs for images in (run.support, run.queries)]
+  embeddings = np.split(scorer.embed(np.concatenate(parts)), np.cumsum([len(p) for p in parts])[:-1])
+  accuracies = []
+  for run, support, queries in zip(runs, embeddings[0::2], embeddings[1::2]):
     scores = scorer.similarity(queries[:, None, :], support[None, :, :])  # [Q, W]
     accuracies.append(float(np.mean(inference.pick_with_random_ties(rng, scores) == run.answers)))
   return accuracies

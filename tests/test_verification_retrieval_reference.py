@@ -325,3 +325,6 @@ def test_scorer_averages_the_eight_symmetries(normalize):
   turned = np.rot90(images, 1, axes=(1, 2)).copy()
   chex.assert_trees_all_close(averaged.embed(turned), embeddings, rtol=1e-4, atol=1e-6)
   assert not np.allclose(plain.embed(turned), plain.embed(images), rtol=1e-3)
+  # Quarter turns of a non-square image change its shape: one clear error rather than a failed concatenate.
+  with pytest.raises(UserError, match='needs square images, got 9x7'):
+    averaged.embed(images[:, :, :7])

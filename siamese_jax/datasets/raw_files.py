@@ -2,7 +2,8 @@
 
 Finding the raw files their TFDS builders prepare from (or downloading them once, without TFDS's
 download manager, which retries an unreachable host for minutes), caching decoded arrays in a work
-dir or beside a prepared dataset, resizing, reading settings from a `data` config block, and holding out a validation split.
+dir or beside a prepared dataset, resizing, reading settings from a `data` config block, and holding
+out a validation split.
 """
 
 from __future__ import annotations
