@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 9e-5
   c.optimizer.decay_rate = 0.99
   c.optimizer.decay_steps = 500
+  c.optimizer.weight_decay = 0.0  # > 0: AdamW's decoupled decay of the kernels (see train.make_optimizer)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 20_000
@@ -140,6 +141,8 @@ def validate(config) -> None:
     raise UserError('batch.positive_fraction must lie in [0, 1]')
   if config.train.steps_per_call > 1 and not config.device_resident:
     raise UserError('train.steps_per_call > 1 needs device_resident=True (batches drawn on the device)')
+  if config.optimizer.weight_decay < 0:
+    raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')

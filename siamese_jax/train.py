@@ -34,8 +34,16 @@ class TrainState:
 
 
 def make_optimizer(optimizer_config) -> optax.GradientTransformation:
-  """Adam with an exponentially decaying (staircase) learning rate."""
-  return optax.adam(learning_rate_schedule(optimizer_config))
+  """Adam with an exponentially decaying (staircase) learning rate.
+
+  With `weight_decay` > 0 it is AdamW: weights shrink by learning_rate * weight_decay each step,
+  decoupled from the gradient statistics, and only kernels (ndim > 1) shrink, not biases or norm scales.
+  """
+  schedule = learning_rate_schedule(optimizer_config)
+  if not optimizer_config.weight_decay:
+    return optax.adam(schedule)
+  return optax.adamw(schedule, weight_decay=optimizer_config.weight_decay,
+                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
 
 
 def learning_rate_schedule(optimizer_config):

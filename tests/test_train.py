@@ -184,3 +184,23 @@ def test_early_stopping_after_patience_validations(tmp_path, synthetic_splits, m
   history = json.loads((tmp_path / 'run' / 'history.json').read_text())
   assert [h['step'] for h in history] == [10, 20, 30, 40]
   assert 'early stop: oneshot/accuracy did not improve for 2 validations' in caplog.text
+
+
+def test_weight_decay_shrinks_kernels_only():
+  config = tiny_config()
+  params = {'conv': {'kernel': jnp.full((3, 3, 1, 2), 2.0), 'bias': jnp.ones(2)}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  for decay, kernel_after in ((0.0, 2.0), (0.1, 2.0 * (1 - 1e-3 * 0.1))):
+    config.optimizer.weight_decay = decay
+    tx = train.make_optimizer(config.optimizer)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    new = jax.tree.map(lambda p, u: p + u, params, updates)
+    chex.assert_trees_all_close(new, {'conv': {'kernel': jnp.full((3, 3, 1, 2), kernel_after), 'bias': jnp.ones(2)}},
+                                rtol=1e-6)
+
+
+def test_negative_weight_decay_is_refused():
+  config = tiny_config()
+  config.optimizer.weight_decay = -0.1
+  with pytest.raises(UserError, match='weight_decay'):
+    config_schema.validate(config)
