@@ -90,13 +90,17 @@ class Manager:
     return (state, []) if step is None else self.restore(state, step)
 
   def restore_params(self, step: int):
-    """Only the parameters of checkpoint `step`, shaped as saved (no template needed), and the history."""
+    """The parameters to use from checkpoint `step`, shaped as saved (no template needed), and the history.
+
+    The parameters are their moving average when the run kept one (train.ema_decay).
+    """
     saved = self._manager.item_metadata(step)['state'].tree
     on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device), saved)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    return restored['state']['params'], list(restored['history'])
+    state = restored['state']
+    return state.get('ema_params') or state['params'], list(restored['history'])
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())

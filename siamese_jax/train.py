@@ -28,9 +28,16 @@ from siamese_jax.errors import UserError
 
 @flax.struct.dataclass
 class TrainState:
+  """`ema_params`: the moving average of `params` (train.ema_decay > 0), else None."""
   step: jax.Array
   params: Any
   opt_state: Any
+  ema_params: Any = None
+
+  @property
+  def eval_params(self):
+    """The parameters that are validated, checkpoint-selected and used: the average when there is one."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def make_optimizer(optimizer_config) -> optax.GradientTransformation:
@@ -54,7 +61,8 @@ def learning_rate_schedule(optimizer_config):
 def init_state(config, model, tx, image_shape, key) -> TrainState:
   pairs = jnp.zeros((1, 2) + tuple(image_shape), jnp.float32)
   params = model.init(key, pairs)['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    ema_params=params if config.train.ema_decay else None)
 
 
 def draw_batch(key, layout: samplers.ClassLayout, batch_config):
@@ -93,7 +101,12 @@ def train_step(state: TrainState, images, labels, key, *, model, tx, config):
   (_, batch_metrics), grads = grad_fn(state.params, images, labels, key)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), batch_metrics
+  ema_params = state.ema_params
+  if ema_params is not None:
+    # Warm-up as in tf.train.ExponentialMovingAverage: early averages do not drag the initial weights along.
+    decay = jnp.minimum(config.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), batch_metrics
 
 
 def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, config):
@@ -227,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     host_batches = HostBatches(train_set, layout, config, mesh)
     steps_per_call = 1
 
-  scorer = inference.Scorer.for_config(config, model, state.params, mesh)
+  scorer = inference.Scorer.for_config(config, model, state.eval_params, mesh)
   schedule = learning_rate_schedule(config.optimizer)
   num_steps = config.train.num_steps
   best = manager.best_metrics(history)
@@ -261,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
 
     if step % config.train.eval_every < steps_per_call or step >= num_steps:
-      scorer.set_params(state.params)
+      scorer.set_params(state.eval_params)
       eval_metrics = evaluators.run_all(evals, scorer)
       entry = {'step': step, 'elapsed_s': elapsed_before + time.perf_counter() - run_start,
                **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
@@ -291,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best = dict(manager.best_metrics([h for h in history if h['step'] in kept]) or {})
   if test_evals:
     best_step = best.get('step', step)
-    params = state.params if best_step == step else manager.restore(state, best_step)[0].params
+    params = (state if best_step == step else manager.restore(state, best_step)[0]).eval_params
     scorer.set_params(params)
     results = evaluators.run_all(test_evals, scorer)
     logging.info('test metrics of the checkpoint at step %d: %s', best_step,

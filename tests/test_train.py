@@ -1,5 +1,6 @@
 """The training loop: sharded steps, no batch gathering, checkpoints, resume, and bad input."""
 
+import functools
 import json
 import os
 import re
@@ -203,4 +204,50 @@ def test_negative_weight_decay_is_refused():
   config = tiny_config()
   config.optimizer.weight_decay = -0.1
   with pytest.raises(UserError, match='weight_decay'):
+    config_schema.validate(config)
+
+
+def test_moving_average_of_the_parameters():
+  config = tiny_config()
+  image_set = synthetic_image_set()
+  model = models.build(config.model)
+  tx = train.make_optimizer(config.optimizer)
+  images = jnp.asarray(image_set.images[:32].reshape((16, 2) + image_set.image_shape))
+  labels = jnp.asarray(np.arange(16) % 2, jnp.int32)
+  state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
+  assert state.ema_params is None and state.eval_params is state.params  # ema_decay = 0: no average kept
+
+  config.train.ema_decay = 0.999
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, config=config))
+  state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
+  chex.assert_trees_all_equal(state.ema_params, state.params)
+  expected = state.params
+  for i in range(3):
+    state, _ = step(state, images, labels, jax.random.key(i))
+    decay = min(0.999, (1 + i) / (10 + i))  # the warm-up: 0.1, 0.18, 0.25
+    expected = jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, expected, state.params)
+  chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-5, atol=1e-7)
+  assert state.eval_params is state.ema_params
+  assert not np.allclose(jax.tree.leaves(state.ema_params)[0], jax.tree.leaves(state.params)[0])
+
+
+def test_run_with_moving_average_validates_and_keeps_the_average(tmp_path, synthetic_splits):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_steps=40, ema_decay=0.99)
+  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(tiny_config(num_steps=60, ema_decay=0.99), workdir)  # resumes the average too
+  manager = checkpoints.Manager(workdir, 'oneshot/accuracy')
+  model = models.build(config.model)
+  template = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(0))
+  state, _ = manager.restore(template, 60)
+  assert int(state.step) == 60
+  params, _ = manager.restore_params(60)  # what evaluate/compare load: the average
+  chex.assert_trees_all_close(params, state.ema_params)
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(params, state.params)
+
+
+def test_moving_average_decay_must_lie_below_one():
+  config = tiny_config(ema_decay=1.0)
+  with pytest.raises(UserError, match='ema_decay'):
     config_schema.validate(config)
