@@ -33,7 +33,10 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def check_compatible(workdir: str, abstract_state) -> None:
-  """Raises UserError if `workdir` holds a checkpoint of a differently shaped model. Writes nothing."""
+  """Raises UserError if `workdir` holds a checkpoint of another model or training state. Writes nothing.
+
+  A training state differs when, e.g., a run kept without a moving average resumes with `train.ema_decay`.
+  """
   directory = _directory(workdir)
   if not directory.exists():
     return
@@ -51,7 +54,7 @@ def check_compatible(workdir: str, abstract_state) -> None:
   if saved_shapes != wanted:
     diff = sorted(set(saved_shapes.items()) ^ set(wanted.items()))
     name = diff[0][0]
-    raise UserError(f'{workdir} holds a checkpoint of another model ({name}: saved '
+    raise UserError(f'{workdir} holds a checkpoint of another model or training state ({name}: saved '
                     f'{saved_shapes.get(name)}, config gives {wanted.get(name)}); use a new --workdir')
 
 

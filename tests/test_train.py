@@ -150,6 +150,10 @@ def test_workdir_with_another_model_is_refused_before_writing(tmp_path, syntheti
   with pytest.raises(UserError, match='another model'):
     train.train_and_evaluate(bigger, workdir)
   assert sorted(os.listdir(workdir)) == before
+  # A run kept without the moving average cannot resume with one: the training state differs.
+  with pytest.raises(UserError, match=r"another model or training state \(\['ema_params'\]"):
+    train.train_and_evaluate(tiny_config(num_steps=40, ema_decay=0.99), workdir)
+  assert sorted(os.listdir(workdir)) == before
 
 
 @pytest.mark.parametrize('mutate,message', [
