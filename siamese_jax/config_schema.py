@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = 'bce'
   c.loss.margin = 1.0  # contrastive and triplet
+  c.loss.positive_margin = 0.0  # contrastive: same-class pairs closer than this are not pulled further
   c.loss.mining = 'batch_hard'  # triplet
 
   c.optimizer = ml_collections.ConfigDict()
@@ -138,6 +139,11 @@ def validate(config) -> None:
   if config.model.normalize_embeddings and head_kind == 'distance' and not 0.0 < config.loss.margin < 2.0:
     raise UserError(f'loss.margin={config.loss.margin} with model.normalize_embeddings: distances between unit '
                     'vectors lie in [0, 2], so the margin must lie strictly between 0 and 2')
+  if config.loss.positive_margin and config.loss.name != 'contrastive':
+    raise UserError(f'loss.positive_margin is a setting of the contrastive loss, not {config.loss.name!r}')
+  if not 0.0 <= config.loss.positive_margin < config.loss.margin:
+    raise UserError(f'loss.positive_margin={config.loss.positive_margin} must lie in [0, loss.margin='
+                    f'{config.loss.margin}): same-class pairs must be allowed closer than different-class ones')
   if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:
     raise UserError('batch.size must be a multiple of batch.images_per_class')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:

@@ -4,7 +4,7 @@ Each loss is a pure, jit-able function that returns the scalar mean over its bat
 in what they consume, which decides how batches are built:
 
 - 'bce': `binary_cross_entropy(logits, labels)`, one logit per pair (a learned similarity head).
-- 'contrastive': `contrastive(distances, labels, margin)`, one embedding distance per pair.
+- 'contrastive': `contrastive(distances, labels, margin, positive_margin)`, one embedding distance per pair.
 - 'triplet': `triplet(embeddings, labels, margin, mining)`, a batch of labelled embeddings [B, D]
   from which triplets are mined online.
 
@@ -64,18 +64,21 @@ def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
 
 
-def contrastive(distances: jax.Array, labels: jax.Array, margin: float) -> jax.Array:
+def contrastive(distances: jax.Array, labels: jax.Array, margin: float, positive_margin: float = 0.0) -> jax.Array:
   """Mean contrastive loss (Hadsell, Chopra & LeCun 2006) of pair distances [B].
 
-  Per pair: y * D^2 + (1 - y) * max(0, margin - D)^2, pulling same-class pairs together and
-  pushing different-class pairs at least `margin` apart.
+  Per pair: y * max(0, D - positive_margin)^2 + (1 - y) * max(0, margin - D)^2, pulling same-class
+  pairs together and pushing different-class pairs at least `margin` apart. With the default
+  `positive_margin` of 0 this is Hadsell et al.'s loss; a positive one (the double-margin form) stops
+  pulling a same-class pair once it is that close, so a class is not squeezed into a single point and
+  the embedding keeps more of what tells images apart within a class.
 
   Label convention: y = 1 for a similar (same-class) pair, 0 for a dissimilar one, matching the
   other losses here. Hadsell et al. use the opposite (Y = 0 for similar). We also drop their
   factor 1/2, so this loss and its gradients are twice theirs.
   """
   y = labels.astype(distances.dtype)
-  per_pair = y * distances**2 + (1.0 - y) * jax.nn.relu(margin - distances) ** 2
+  per_pair = y * jax.nn.relu(distances - positive_margin) ** 2 + (1.0 - y) * jax.nn.relu(margin - distances) ** 2
   return jnp.mean(per_pair)
 
 

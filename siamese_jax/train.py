@@ -90,8 +90,9 @@ def objective(params, images, labels, key, *, model, config):
     loss = losses.binary_cross_entropy(out, labels)
     predicted_same = out > 0
   else:
-    loss = losses.contrastive(out, labels, config.loss.margin)
-    predicted_same = out < config.loss.margin / 2  # a training-time proxy; evaluation picks thresholds
+    loss = losses.contrastive(out, labels, config.loss.margin, config.loss.positive_margin)
+    # A training-time proxy, midway between the margins; evaluation picks thresholds.
+    predicted_same = out < (config.loss.margin + config.loss.positive_margin) / 2
   return loss, {'loss': loss, 'accuracy': jnp.mean(predicted_same == (labels == 1))}
 
 

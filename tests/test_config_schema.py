@@ -41,3 +41,16 @@ def test_margin_must_fit_between_unit_vectors():
     config_schema.validate(config)
   config.loss.margin = 1.0
   config_schema.validate(config)
+
+
+def test_positive_margin_below_margin_and_contrastive_only():
+  config = mnist.get_config()
+  config.loss.positive_margin = config.loss.margin
+  with pytest.raises(UserError, match='positive_margin'):
+    config_schema.validate(config)
+  config.loss.positive_margin = 0.5
+  config_schema.validate(config)
+  config = mnist.get_config('triplet')
+  config.loss.positive_margin = 0.1
+  with pytest.raises(UserError, match="contrastive loss, not 'triplet'"):
+    config_schema.validate(config)

@@ -139,15 +139,25 @@ class PairLossTest(chex.TestCase):
     chex.assert_trees_all_close(loss_fn(distances[1:2], jnp.array([0])), 0.49)  # Dissimilar: (m - D)^2.
     chex.assert_trees_all_close(loss_fn(distances[2:], jnp.array([0])), 0.0)  # Dissimilar, beyond m.
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_contrastive_positive_margin(self):
+    loss_fn = self.variant(functools.partial(losses.contrastive, margin=1.0, positive_margin=0.2))
+    chex.assert_trees_all_close(loss_fn(jnp.array([0.5]), jnp.array([1])), 0.09)  # Similar: (D - m+)^2.
+    chex.assert_trees_all_close(loss_fn(jnp.array([0.1]), jnp.array([1])), 0.0)  # Similar, within m+.
+    chex.assert_trees_all_close(loss_fn(jnp.array([0.3]), jnp.array([0])), 0.49)  # Dissimilar: unchanged.
+
   def test_contrastive_matches_loop(self):
     rng = np.random.default_rng(7)
     distances = rng.uniform(0, 2, 20).astype(np.float32)
     labels = rng.integers(0, 2, 20)
     margin = 1.2
-    expected = np.mean([
-        d**2 if y else max(0.0, margin - d) ** 2 for d, y in zip(distances.astype(np.float64), labels)
-    ])
-    chex.assert_trees_all_close(losses.contrastive(distances, labels, margin), expected, rtol=1e-6)
+    for positive_margin in (0.0, 0.4):
+      expected = np.mean([
+          max(0.0, d - positive_margin) ** 2 if y else max(0.0, margin - d) ** 2
+          for d, y in zip(distances.astype(np.float64), labels)
+      ])
+      chex.assert_trees_all_close(losses.contrastive(distances, labels, margin, positive_margin), expected,
+                                  rtol=1e-6)
 
   def test_pair_losses_have_finite_grads_at_zero_distance(self):
     grads = jax.grad(
