@@ -95,15 +95,19 @@ class Manager:
   def restore_params(self, step: int):
     """The parameters to use from checkpoint `step`, shaped as saved (no template needed), and the history.
 
-    The parameters are their moving average when the run kept one (train.ema_decay).
+    The parameters are their moving average when the run kept one (train.ema_decay). Only that subtree
+    is read: not the optimizer's moments, which are twice the parameters' size with Adam.
     """
     saved = self._manager.item_metadata(step)['state'].tree
+    name = 'ema_params' if saved.get('ema_params') else 'params'
     on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device), saved)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
-    state = restored['state']
-    return state.get('ema_params') or state['params'], list(restored['history'])
+    item = {name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device),
+                               saved[name])}
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      restored = checkpointer.restore(self._manager.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    history = self._manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))['history']
+    return restored[name], list(history)
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())

@@ -9,12 +9,13 @@ import chex
 import pytest
 from conftest import REPO, synthetic_image_set
 
+from configs import mnist
 from siamese_jax import config_schema, samplers, sharding, train
 from siamese_jax.errors import UserError
 
 # benchmarks/ is a folder of the repository, not of the installed package: importable from its root only.
 sys.path.insert(0, str(REPO))
-from benchmarks import throughput  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import checkpoint_load, throughput  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 KOCH_FORWARD_GFLOP = 1.817
 
@@ -161,3 +162,10 @@ def test_oneshot_runs_are_omniglot_validation_drawings_unless_synthetic():
   assert [r.name for r in runs] == ['run01', 'run02']
   chex.assert_shape([runs[0].support, runs[0].queries], (5, 12, 12, 1))
   assert sorted(runs[1].answers.tolist()) == list(range(5))
+
+
+def test_checkpoint_load_reads_a_third_of_the_state_for_the_parameters():
+  results = checkpoint_load.run(mnist.get_config('smoke'), image_size=28, repeats=1)
+  (whole_seconds, whole_mib), (params_seconds, params_mib) = results['whole state'], results['parameters only']
+  assert whole_mib == pytest.approx(3 * params_mib, rel=1e-3)  # parameters and Adam's two moments
+  assert whole_seconds > 0 and params_seconds > 0
