@@ -106,8 +106,11 @@ class Manager:
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
       restored = checkpointer.restore(self._manager.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    history = self._manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))['history']
-    return restored[name], list(history)
+    return restored[name], self.history(step)
+
+  def history(self, step: int) -> list:
+    """The metric history saved with checkpoint `step`, without reading any arrays."""
+    return list(self._manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))['history'])
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())

@@ -38,11 +38,10 @@ def load_trained(workdir: str, which: str = 'best'):
   if not steps:
     raise UserError(f'no checkpoint in {workdir}/checkpoints')
   step = max(steps)
-  params, history = manager.restore_params(step)
-  best = manager.best_metrics(history)
-  if which == 'best' and best is not None and best['step'] in steps and best['step'] != step:
+  best = manager.best_metrics(manager.history(step))
+  if which == 'best' and best is not None and best['step'] in steps:
     step = best['step']
-    params, _ = manager.restore_params(step)
+  params, _ = manager.restore_params(step)
   model = models.build(config.model)
   return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
 
