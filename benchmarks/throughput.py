@@ -275,8 +275,7 @@ def time_oneshot(config: ml_collections.ConfigDict, runs, repeats: int) -> dict:
   """Seconds to score `runs` with a fresh network: the first call (compiling) and the median of `repeats`."""
   model = models.build(config.model)
   image_shape = runs[0].support.shape[1:]
-  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 2) + image_shape, jnp.float32))['params'])(
-      jax.random.key(config.seed))
+  params = jax.jit(functools.partial(models.init_params, model, image_shape))(jax.random.key(config.seed))
   scorer = inference.Scorer.for_config(config, model, params, sharding.data_mesh())
   start = time.perf_counter()
   lake_runs.score_runs(scorer, runs)  # returns host floats: the work is done when it returns

@@ -168,6 +168,11 @@ class SiameseNet(nn.Module):
     return self.compare(embeddings[:, 0], embeddings[:, 1])
 
 
+def init_params(model: SiameseNet, image_shape, key):
+  """Fresh parameters for images of `image_shape` (H, W, C), traced through one all-zero pair."""
+  return model.init(key, jnp.zeros((1, 2) + tuple(image_shape), jnp.float32))['params']
+
+
 def similarity(head_output, output_kind: str):
   """A score where higher means more alike, whatever the head returns."""
   return head_output if output_kind == 'logit' else -head_output

@@ -59,8 +59,7 @@ def learning_rate_schedule(optimizer_config):
 
 
 def init_state(config, model, tx, image_shape, key) -> TrainState:
-  pairs = jnp.zeros((1, 2) + tuple(image_shape), jnp.float32)
-  params = model.init(key, pairs)['params']
+  params = models.init_params(model, image_shape, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     ema_params=params if config.train.ema_decay else None)
 

@@ -33,7 +33,7 @@ def test_koch_parameter_count_and_shapes():
 
 
 def test_koch_initialisation_statistics():
-  params = koch_model().init(jax.random.key(1), jnp.zeros((1, 2, 105, 105, 1)))['params']
+  params = models.init_params(koch_model(), (105, 105, 1), jax.random.key(1))
   encoder = params['encoder']
   for name in ('conv0', 'conv1', 'conv2', 'conv3'):
     kernel, bias = np.asarray(encoder[name]['kernel']), np.asarray(encoder[name]['bias'])

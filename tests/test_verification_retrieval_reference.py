@@ -309,7 +309,7 @@ def test_scorer_averages_the_eight_symmetries(normalize):
   c = config_schema.base_config().model
   c.features, c.kernel_sizes, c.embedding_dim, c.normalize_embeddings = (4,), (3,), 8, normalize
   model = models.build(c)
-  params = model.init(jax.random.key(0), np.zeros((1, 2, 9, 9, 1), np.float32))['params']
+  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
   images = np.random.default_rng(0).integers(0, 256, (6, 9, 9, 1), np.uint8)
   plain = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8)
   averaged = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8, average_symmetries=True)
