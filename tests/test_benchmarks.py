@@ -15,7 +15,7 @@ from siamese_jax.errors import UserError
 
 # benchmarks/ is a folder of the repository, not of the installed package: importable from its root only.
 sys.path.insert(0, str(REPO))
-from benchmarks import checkpoint_load, throughput  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import checkpoint_load, throughput  # noqa: E402  pylint: disable=wrong-import-position
 
 KOCH_FORWARD_GFLOP = 1.817
 
