@@ -23,8 +23,8 @@ def get_config(variant: str = ''):
     # Stop pulling a same-digit pair together once it is 0.5 apart, so that a digit is not squeezed into
     # one point: unseen-digit pairs 80.4% -> 82.4% (AUC 0.880 -> 0.900), 79.4% -> 81.5% (0.860 -> 0.890) and
     # 79.05% -> 81.1% (0.864 -> 0.892) on seeds 0-2 at step 1500, 81.6% -> 83.4% (0.887 -> 0.914) at step
-    # 3000; seen-digit pairs stay at
-    # 99.1-99.5% (CPU, BENCHMARKS.md). 0.25 and 0.75 gave AUC 0.897 and 0.902 at step 1500.
+    # 3000; seen-digit pairs stay at 99.1-99.5% (CPU, BENCHMARKS.md). 0.25 and 0.75 gave AUC 0.897 and
+    # 0.902 at step 1500; margin 1.2 with 0.5 gave 0.898.
     config.loss.positive_margin = 0.5
   # Validate and keep a moving average of the parameters: unseen-digit pairs 79.05% -> 80.4% and
   # 76.2% -> 79.4% (seeds 0 and 1, 1500 steps), 79.3% -> 81.7% (4000 steps); CPU, each training run
