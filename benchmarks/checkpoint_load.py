@@ -49,7 +49,7 @@ def run(config, image_size: int, repeats: int) -> dict[str, tuple[float, float]]
     manager.save(1, state, {metric: 0.0}, [{'step': 1, metric: 0.0}])
     manager.wait()
     results = {'whole state': _timed_reads(lambda: manager.restore(state, 1)[0], repeats),
-               'parameters only': _timed_reads(lambda: manager.restore_params(1)[0], repeats)}
+               'parameters only': _timed_reads(lambda: manager.restore_params(1), repeats)}
     manager.close()
   return results
 

@@ -93,7 +93,7 @@ class Manager:
     return (state, []) if step is None else self.restore(state, step)
 
   def restore_params(self, step: int):
-    """The parameters to use from checkpoint `step`, shaped as saved (no template needed), and the history.
+    """The parameters to use from checkpoint `step`, shaped as saved (no template needed).
 
     The parameters are their moving average when the run kept one (train.ema_decay). Only that subtree
     is read: not the optimizer's moments, which are twice the parameters' size with Adam.
@@ -106,7 +106,7 @@ class Manager:
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
       restored = checkpointer.restore(self._manager.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
           item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    return restored[name], self.history(step)
+    return restored[name]
 
   def history(self, step: int) -> list:
     """The metric history saved with checkpoint `step`, without reading any arrays."""

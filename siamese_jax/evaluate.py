@@ -41,7 +41,7 @@ def load_trained(workdir: str, which: str = 'best'):
   best = manager.best_metrics(manager.history(step))
   if which == 'best' and best is not None and best['step'] in steps:
     step = best['step']
-  params, _ = manager.restore_params(step)
+  params = manager.restore_params(step)
   model = models.build(config.model)
   return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
 

@@ -245,11 +245,11 @@ def test_run_with_moving_average_validates_and_keeps_the_average(tmp_path, synth
   template = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(0))
   state, _ = manager.restore(template, 60)
   assert int(state.step) == 60
-  params, history = manager.restore_params(60)  # what evaluate/compare load: the average
+  params = manager.restore_params(60)  # what evaluate/compare load: the average
   chex.assert_trees_all_close(params, state.ema_params)
   with pytest.raises(AssertionError):
     chex.assert_trees_all_close(params, state.params)
-  assert history == manager.restore(template, 60)[1]
+  assert manager.history(60) == manager.restore(template, 60)[1]
 
 
 def test_restore_params_reads_the_parameters_without_a_template(tmp_path):
@@ -259,9 +259,9 @@ def test_restore_params_reads_the_parameters_without_a_template(tmp_path):
   manager = checkpoints.Manager(str(tmp_path), 'oneshot/accuracy')
   manager.save(7, state, {'oneshot/accuracy': 0.5}, [{'step': 7, 'oneshot/accuracy': 0.5}])
   manager.wait()
-  params, history = manager.restore_params(7)
+  params = manager.restore_params(7)
   chex.assert_trees_all_equal(params, state.params)
-  assert history == [{'step': 7, 'oneshot/accuracy': 0.5}]
+  assert manager.history(7) == [{'step': 7, 'oneshot/accuracy': 0.5}]
 
 
 def test_moving_average_decay_must_lie_below_one():
