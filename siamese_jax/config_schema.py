@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.margin = 1.0  # contrastive and triplet
   c.loss.positive_margin = 0.0  # contrastive: same-class pairs closer than this are not pulled further
   c.loss.mining = 'batch_hard'  # triplet
+  # > 0 (pair losses): add this much of an NT-Xent term between two distortions of every image in the
+  # batch (losses.instance_discrimination), which keeps features that tell images of one class apart.
+  c.loss.instance_weight = 0.0
+  c.loss.temperature = 0.2  # of the NT-Xent term
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 9e-5
@@ -144,6 +148,14 @@ def validate(config) -> None:
   if not 0.0 <= config.loss.positive_margin < config.loss.margin:
     raise UserError(f'loss.positive_margin={config.loss.positive_margin} must lie in [0, loss.margin='
                     f'{config.loss.margin}): same-class pairs must be allowed closer than different-class ones')
+  if config.loss.instance_weight < 0 or config.loss.temperature <= 0:
+    raise UserError(f'loss.instance_weight={config.loss.instance_weight} must be >= 0 and loss.temperature='
+                    f'{config.loss.temperature} > 0')
+  if config.loss.instance_weight and config.loss.name == 'triplet':
+    raise UserError('loss.instance_weight applies to the pair losses (bce, contrastive), not triplet')
+  if config.loss.instance_weight and not config.augment.strength and not config.augment.dihedral:
+    raise UserError('loss.instance_weight needs augment.strength > 0 or augment.dihedral: the two views of an '
+                    'image are two random distortions of it')
   if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:
     raise UserError('batch.size must be a multiple of batch.images_per_class')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:

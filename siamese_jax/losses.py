@@ -7,6 +7,8 @@ in what they consume, which decides how batches are built:
 - 'contrastive': `contrastive(distances, labels, margin, positive_margin)`, one embedding distance per pair.
 - 'triplet': `triplet(embeddings, labels, margin, mining)`, a batch of labelled embeddings [B, D]
   from which triplets are mined online.
+- `instance_discrimination(views1, views2, temperature)`: an unsupervised NT-Xent term between two
+  distortions of the same images, added to a pair loss with weight `loss.instance_weight`.
 
 Pair labels are 1 for a same-class pair and 0 otherwise throughout.
 """
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from siamese_jax import models
 from siamese_jax.errors import UserError
 
 MINING = ('batch_all', 'batch_hard', 'semi_hard')
@@ -80,6 +83,22 @@ def contrastive(distances: jax.Array, labels: jax.Array, margin: float, positive
   y = labels.astype(distances.dtype)
   per_pair = y * jax.nn.relu(distances - positive_margin) ** 2 + (1.0 - y) * jax.nn.relu(margin - distances) ** 2
   return jnp.mean(per_pair)
+
+
+def instance_discrimination(views1: jax.Array, views2: jax.Array, temperature: float) -> jax.Array:
+  """NT-Xent (Chen et al. 2020, SimCLR) between two views [N, D] of the same N images.
+
+  Each embedding's positive is the other view of its image; its negatives are both views of every
+  other image in the batch, whatever their class. Cosine similarities are divided by `temperature`.
+  Class labels play no part: the term spreads the embedding over the sphere and keeps what tells two
+  images apart even within a class, which classes unseen in training need.
+  """
+  z = models.unit_length(jnp.concatenate([views1, views2]))
+  n = len(views1)
+  logits = _gram(z, z) / temperature
+  logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
+  partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

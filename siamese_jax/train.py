@@ -75,16 +75,20 @@ def draw_batch(key, layout: samplers.ClassLayout, batch_config):
 
 def objective(params, images, labels, key, *, model, config):
   """Loss and batch metrics for uint8 images ([B, 2, H, W, C] pairs or [B, H, W, C] for triplets)."""
-  x = inference.to_float(images)
-  flat = x.reshape((-1,) + x.shape[-3:])
-  x = augment.random_affine(key, flat, augment.AffineConfig.from_config(config.augment)).reshape(x.shape)
+  affine = augment.AffineConfig.from_config(config.augment)
+  flat = inference.to_float(images).reshape((-1,) + images.shape[-3:])
+  views = [augment.random_affine(key, flat, affine)]
+  if config.loss.instance_weight:  # a second distortion of every image (validated: pair losses only)
+    views.append(augment.random_affine(jax.random.fold_in(key, 1), flat, affine))
+  embeddings = model.apply({'params': params}, jnp.concatenate(views), method=models.SiameseNet.embed)
+  embeddings = jnp.split(embeddings, len(views))
   if config.loss.name == 'triplet':
-    embeddings = model.apply({'params': params}, x, method=models.SiameseNet.embed)
-    loss = losses.triplet(embeddings, labels, config.loss.margin, config.loss.mining)
-    distances = losses.pairwise_distances(embeddings) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
+    loss = losses.triplet(embeddings[0], labels, config.loss.margin, config.loss.mining)
+    distances = losses.pairwise_distances(embeddings[0]) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
     accuracy = jnp.mean(labels[jnp.argmin(distances, axis=1)] == labels)  # in-batch precision@1
     return loss, {'loss': loss, 'accuracy': accuracy}
-  out = model.apply({'params': params}, x)
+  pairs = embeddings[0].reshape(images.shape[:2] + (-1,))
+  out = model.apply({'params': params}, pairs[:, 0], pairs[:, 1], method=models.SiameseNet.compare)
   if config.loss.name == 'bce':
     loss = losses.binary_cross_entropy(out, labels)
     predicted_same = out > 0
@@ -92,7 +96,11 @@ def objective(params, images, labels, key, *, model, config):
     loss = losses.contrastive(out, labels, config.loss.margin, config.loss.positive_margin)
     # A training-time proxy, midway between the margins; evaluation picks thresholds.
     predicted_same = out < (config.loss.margin + config.loss.positive_margin) / 2
-  return loss, {'loss': loss, 'accuracy': jnp.mean(predicted_same == (labels == 1))}
+  metrics = {'accuracy': jnp.mean(predicted_same == (labels == 1))}
+  if config.loss.instance_weight:
+    metrics['instance_loss'] = losses.instance_discrimination(*embeddings, config.loss.temperature)
+    loss = loss + config.loss.instance_weight * metrics['instance_loss']
+  return loss, {'loss': loss, **metrics}
 
 
 def train_step(state: TrainState, images, labels, key, *, model, tx, config):

@@ -54,3 +54,20 @@ def test_positive_margin_below_margin_and_contrastive_only():
   config.loss.positive_margin = 0.1
   with pytest.raises(UserError, match="contrastive loss, not 'triplet'"):
     config_schema.validate(config)
+
+
+def test_instance_term_needs_pairs_distortions_and_a_positive_temperature():
+  config = mnist.get_config()
+  config.loss.instance_weight = 0.1
+  with pytest.raises(UserError, match='needs augment.strength'):
+    config_schema.validate(config)
+  config.augment.strength = 1.0
+  config_schema.validate(config)
+  config.loss.temperature = 0.0
+  with pytest.raises(UserError, match='temperature'):
+    config_schema.validate(config)
+  config = mnist.get_config('triplet')
+  config.augment.strength = 1.0
+  config.loss.instance_weight = 0.1
+  with pytest.raises(UserError, match='not triplet'):
+    config_schema.validate(config)

@@ -166,6 +166,38 @@ class PairLossTest(chex.TestCase):
     chex.assert_tree_all_finite(grads)
 
 
+class InstanceDiscriminationTest(chex.TestCase):
+
+  @staticmethod
+  def reference(views1, views2, temperature):
+    """NT-Xent by a loop over the 2N anchors, in float64."""
+    z = np.concatenate([views1, views2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(views1)
+    total = 0.0
+    for i in range(2 * n):
+      partner = (i + n) % (2 * n)
+      others = [np.exp(z[i] @ z[k] / temperature) for k in range(2 * n) if k != i]
+      total -= np.log(np.exp(z[i] @ z[partner] / temperature) / np.sum(others))
+    return total / (2 * n)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matches_loop(self):
+    rng = np.random.default_rng(3)
+    views1, views2 = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    for temperature in (0.1, 0.5):
+      loss_fn = self.variant(functools.partial(losses.instance_discrimination, temperature=temperature))
+      chex.assert_trees_all_close(loss_fn(views1, views2), self.reference(views1, views2, temperature), rtol=1e-5)
+
+  def test_matching_views_score_lower_and_scale_is_ignored(self):
+    rng = np.random.default_rng(4)
+    views = rng.normal(size=(8, 4)).astype(np.float32)
+    aligned = losses.instance_discrimination(views, 3.0 * views, 0.2)
+    shuffled = losses.instance_discrimination(views, views[::-1], 0.2)
+    assert aligned < shuffled
+    chex.assert_trees_all_close(aligned, losses.instance_discrimination(views, views, 0.2), rtol=1e-6)
+
+
 def test_registry_names_and_unknown():
   assert {name: losses.get(name) for name in ('bce', 'contrastive', 'triplet')} == {
       'bce': losses.binary_cross_entropy,

@@ -211,6 +211,23 @@ def test_negative_weight_decay_is_refused():
     config_schema.validate(config)
 
 
+def test_instance_term_adds_to_the_pair_loss_on_the_same_first_view():
+  config = tiny_config()
+  config.model.head = 'euclidean'
+  config.loss.name = 'contrastive'
+  image_set = synthetic_image_set()
+  model = models.build(config.model)
+  params = models.init_params(model, image_set.image_shape, jax.random.key(0))
+  images = jnp.asarray(image_set.images[:32].reshape((16, 2) + image_set.image_shape))
+  labels = jnp.asarray(np.arange(16) % 2, jnp.int32)
+  plain, plain_metrics = train.objective(params, images, labels, jax.random.key(1), model=model, config=config)
+  config.loss.instance_weight = 0.25
+  loss, metrics = train.objective(params, images, labels, jax.random.key(1), model=model, config=config)
+  assert metrics['instance_loss'] > 0
+  chex.assert_trees_all_close(loss, plain + 0.25 * metrics['instance_loss'], rtol=1e-5)
+  chex.assert_trees_all_close(metrics['accuracy'], plain_metrics['accuracy'])
+
+
 def test_moving_average_of_the_parameters():
   config = tiny_config()
   image_set = synthetic_image_set()
