@@ -160,12 +160,14 @@ class SiameseNet(nn.Module):
     """The head's raw output for embedding pairs: a logit or a distance (see `output_kind`)."""
     return self.head(e1, e2)
 
+  def compare_pairs(self, embeddings):
+    """Embeddings [2B, D] of B pairs, each pair's two images adjacent -> head output [B]."""
+    embeddings = embeddings.reshape((-1, 2, embeddings.shape[-1]))
+    return self.compare(embeddings[:, 0], embeddings[:, 1])
+
   def __call__(self, pairs):
     """Pairs [B, 2, H, W, C] -> head output [B], both images embedded in one call."""
-    batch = pairs.shape[0]
-    embeddings = self.embed(pairs.reshape((2 * batch,) + pairs.shape[2:]))
-    embeddings = embeddings.reshape((batch, 2, -1))
-    return self.compare(embeddings[:, 0], embeddings[:, 1])
+    return self.compare_pairs(self.embed(pairs.reshape((-1,) + pairs.shape[2:])))
 
 
 def init_params(model: SiameseNet, image_shape, key):

@@ -87,8 +87,7 @@ def objective(params, images, labels, key, *, model, config):
     distances = losses.pairwise_distances(embeddings[0]) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
     accuracy = jnp.mean(labels[jnp.argmin(distances, axis=1)] == labels)  # in-batch precision@1
     return loss, {'loss': loss, 'accuracy': accuracy}
-  pairs = embeddings[0].reshape(images.shape[:2] + (-1,))
-  out = model.apply({'params': params}, pairs[:, 0], pairs[:, 1], method=models.SiameseNet.compare)
+  out = model.apply({'params': params}, embeddings[0], method=models.SiameseNet.compare_pairs)
   if config.loss.name == 'bce':
     loss = losses.binary_cross_entropy(out, labels)
     predicted_same = out > 0
