@@ -24,7 +24,14 @@ def _directory(workdir: str) -> epath.Path:
 
 
 def _handlers():
-  return {'state': ocp.StandardCheckpointHandler(), 'history': ocp.JsonCheckpointHandler()}
+  # The PyTree handler (the Standard one's base) for the state: it can read a part of it (restore_params).
+  return {'state': ocp.PyTreeCheckpointHandler(), 'history': ocp.JsonCheckpointHandler()}
+
+
+def _restore_args(abstract_tree, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Restores `abstract_tree` (ShapeDtypeStructs) as shaped and sharded there; `partial`: a subtree of the saved."""
+  return ocp.args.PyTreeRestore(item=abstract_tree, partial_restore=partial,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree))
 
 
 def _shapes(tree) -> dict[str, tuple]:
@@ -77,14 +84,14 @@ class Manager:
 
   def save(self, step: int, state, metrics: dict, history: list) -> None:
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
         history=ocp.args.JsonSave(history)), metrics={k: float(v) for k, v in metrics.items()})
 
   def restore(self, state, step: int):
     """`state` (its shapes and shardings) restored from checkpoint `step`, and the history."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(state))
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
+        state=_restore_args(abstract), history=ocp.args.JsonRestore()))
     return flax.serialization.from_state_dict(state, restored['state']), list(restored['history'])
 
   def restore_latest(self, state):
@@ -103,10 +110,7 @@ class Manager:
     on_one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = {name: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_one_device),
                                saved[name])}
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-      restored = checkpointer.restore(self._manager.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
-          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    return restored[name]
+    return self._manager.restore(step, args=ocp.args.Composite(state=_restore_args(item, partial=True)))['state'][name]
 
   def history(self, step: int) -> list:
     """The metric history saved with checkpoint `step`, without reading any arrays."""
