@@ -6,9 +6,11 @@ import os
 import re
 
 import chex
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import synthetic_image_set
 
@@ -279,6 +281,24 @@ def test_restore_params_reads_the_parameters_without_a_template(tmp_path):
   params = manager.restore_params(7)
   chex.assert_trees_all_equal(params, state.params)
   assert manager.history(7) == [{'step': 7, 'oneshot/accuracy': 0.5}]
+
+
+def test_checkpoints_written_with_the_standard_handler_still_restore(tmp_path):
+  """Workdirs saved before the state moved to Orbax's PyTree handler (same files) resume and load."""
+  config = tiny_config()
+  model = models.build(config.model)
+  state = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(5))
+  history = [{'step': 3, 'oneshot/accuracy': 0.25}]
+  with ocp.CheckpointManager(tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(create=True),
+                             item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                            'history': ocp.JsonCheckpointHandler()}) as old:
+    old.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                                        history=ocp.args.JsonSave(history)))
+  manager = checkpoints.Manager(str(tmp_path), 'oneshot/accuracy')
+  restored, restored_history = manager.restore(state, 3)
+  chex.assert_trees_all_equal(flax.serialization.to_state_dict(restored), flax.serialization.to_state_dict(state))
+  assert restored_history == history
+  chex.assert_trees_all_equal(manager.restore_params(3), state.params)
 
 
 def test_moving_average_decay_must_lie_below_one():
