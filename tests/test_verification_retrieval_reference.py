@@ -181,6 +181,11 @@ def reference_splits(classes=2, per_class=40):
 
 def test_reference_oracle_is_perfect_and_constant_model_is_chance():
   splits = reference_splits(per_class=100)
+  # 100 queries of class 0 and 10 of class 1: a constant model scores 0.5 only if its ties are broken at
+  # random (picking the first class on ties would score 100 / 110).
+  test = splits['test']
+  splits['test'] = test.subset((test.labels == 0) | (np.arange(len(test.labels)) % 100 < 10))
+  np.testing.assert_array_equal(np.bincount(splits['test'].labels), [100, 10])
   evaluator = evaluators.build('m', config('reference', shots=3, queries_per_chunk=64), splits)
   chex.assert_shape(evaluator.reference_items, (2, 3))
   np.testing.assert_array_equal(splits['train'].labels[evaluator.reference_items], [[0] * 3, [1] * 3])
@@ -188,7 +193,7 @@ def test_reference_oracle_is_perfect_and_constant_model_is_chance():
   assert evaluator(scorer) == {'accuracy': 1.0, 'auc': 1.0, 'knn_accuracy': 1.0}
   assert scorer.embedded_once()
   chance = evaluator(ConstantScorer())
-  assert chance['accuracy'] == pytest.approx(0.5, abs=0.12)  # ties broken at random over 200 queries
+  assert chance['accuracy'] == pytest.approx(0.5, abs=0.15)  # ties broken at random: SE ~0.048 over 110 queries
   assert chance['auc'] == 0.5
 
 
