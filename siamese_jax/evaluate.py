@@ -26,8 +26,8 @@ flags.DEFINE_integer('seed', 0, 'Seed for breaking ties.')
 FLAGS = flags.FLAGS
 
 
-def load_trained(workdir: str, which: str = 'best'):
-  """(config, Scorer) for a workdir's best or latest checkpoint."""
+def load_trained(workdir: str, which: str | int = 'best'):
+  """(config, step, Scorer) for a workdir's 'best' or 'latest' checkpoint, or the one at step `which`."""
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise UserError(f'{workdir} is not a training workdir (no config.json)')
@@ -38,6 +38,10 @@ def load_trained(workdir: str, which: str = 'best'):
   if not steps:
     raise UserError(f'no checkpoint in {workdir}/checkpoints')
   step = max(steps)
+  if isinstance(which, int):
+    if which not in steps:
+      raise UserError(f'no checkpoint at step {which} in {workdir}/checkpoints (there are {sorted(steps)})')
+    step = which
   best = manager.best_metrics(manager.history(step))
   if which == 'best' and best is not None and best['step'] in steps:
     step = best['step']

@@ -171,6 +171,45 @@ def comparison(path: str | os.PathLike,
   return _save(fig, path)
 
 
+def neighbours(path: str | os.PathLike,
+               query: np.ndarray,
+               found: np.ndarray,
+               scores: np.ndarray,
+               labels: Sequence[str] | None = None,
+               title: str | None = None) -> pathlib.Path:
+  """Writes a query image beside its neighbours from an index, best first, each with its score.
+
+  Args:
+    path: where to write the PNG.
+    query: uint8 or float [H, W, C], C in {1, 3}.
+    found: uint8 or float [K, H, W, C], the neighbours in rank order.
+    scores: [K] similarity of each neighbour to the query.
+    labels: optional [K] label of each neighbour, printed above its score.
+    title: optional figure title.
+
+  Returns:
+    The path written.
+  """
+  (shown,) = _as_display(True, found=found)
+  (q,) = _as_display(False, query=query)
+  scores = np.asarray(scores, dtype=np.float64)
+  if len(shown) == 0 or scores.shape != (len(shown),):
+    raise ValueError(f'scores must be [{len(shown)}], one per neighbour (at least one), got shape {scores.shape}')
+  if labels is not None and len(labels) != len(shown):
+    raise ValueError(f'labels must have one entry per neighbour ({len(shown)}), got {len(labels)}')
+  fig = Figure(figsize=(1.3 * (len(shown) + 1) + 0.3, 2.2), layout='constrained')
+  axes = fig.subplots(1, len(shown) + 1)
+  _show(axes[0], q)
+  axes[0].set_title('query', fontsize=10, fontweight='bold')
+  for rank, (ax, image, score) in enumerate(zip(axes[1:], shown, scores)):
+    _show(ax, image)
+    label = f'{labels[rank]}\n' if labels is not None and labels[rank] else ''
+    ax.set_title(f'{label}{score:.3f}', fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, path)
+
+
 def _series(history: Sequence[Mapping], suffix: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Each key ending in `suffix` as sorted (steps, values), from the entries that have it."""
   points = collections.defaultdict(list)

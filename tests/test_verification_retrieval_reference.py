@@ -151,12 +151,13 @@ def test_retrieval_index_of_a_fixed_subsample():
   splits = two_splits(per_class=10)
   evaluator = evaluators.build('r', config('retrieval', max_items=30, metric='cosine', seed=3), splits)
   index = evaluator.index(NoiseScorer())
-  chex.assert_shape(index.embeddings, (30, 8))
+  chex.assert_shape(index.vectors(), (30, 8))
   assert index.metric == 'cosine'
-  assert np.all(np.diff(index.ids) > 0)
-  np.testing.assert_array_equal(index.labels, splits['test'].labels[index.ids])
+  assert np.all(np.diff(evaluator.ids) > 0)
+  np.testing.assert_array_equal(index.sources, [f'split:test:{i}' for i in evaluator.ids])
+  np.testing.assert_array_equal(index.labels, splits['test'].labels[evaluator.ids].astype(str))
   again = evaluators.build('r', config('retrieval', max_items=30, metric='cosine', seed=3), splits)
-  np.testing.assert_array_equal(again.ids, index.ids)
+  np.testing.assert_array_equal(again.ids, evaluator.ids)
   assert len(evaluators.build('r', config('retrieval', max_items=0), splits).ids) == len(splits['test'])
 
 

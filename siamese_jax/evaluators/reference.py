@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import evaluators, inference, metrics, retrieval
+from siamese_jax import embedding_index, evaluators, inference, metrics
 from siamese_jax.errors import UserError
 from siamese_jax.evaluators.retrieval import subsample
 
@@ -121,7 +121,8 @@ class Evaluator:
     if self.references.num_classes == 2:  # A threshold-free measure.
       result['auc'] = metrics.roc_auc(_class1_over_class0(scores), self.query_labels)
     if self.knn:
-      neighbours, _ = retrieval.EmbeddingIndex(gallery, self.references.labels).query(queries, self.knn)
-      voted = knn_vote(self.references.labels[neighbours], self.references.num_classes)
+      index = embedding_index.Index(gallery.shape[1])
+      index.add(gallery)
+      voted = knn_vote(self.references.labels[index.search(queries, self.knn).ids], self.references.num_classes)
       result['knn_accuracy'] = float(np.mean(voted == self.query_labels))
     return result

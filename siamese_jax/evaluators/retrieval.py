@@ -1,15 +1,19 @@
 """Retrieval over a split's embeddings: precision@1 and MAP@R, each item querying all the others.
 
-This judges the embedding space itself (e.g. on CIFAR-100 test), not the head: the distances are the
-index's 'euclidean' or 'cosine', whatever head the network was trained with.
+The items go into an `embedding_index.Index` (exact search), the code a stored embedding database
+searches with, so these are the figures a user of the database gets when its model's head compares by
+the same metric. This judges the embedding space itself (e.g. on CIFAR-100 test): the distances are the
+config's 'euclidean' or 'cosine', whatever head the network was trained with.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import retrieval
+from siamese_jax import embedding_index
 from siamese_jax.errors import UserError
+
+METRICS = ('euclidean', 'cosine')  # The index's metrics that need no head parameters.
 
 
 def subsample(rng: np.random.Generator, n: int, max_items: int, key: str):
@@ -30,23 +34,27 @@ class Evaluator:
   def __init__(self, config, splits):
     split = config.get('split', 'validation')
     self.metric = config.get('metric', 'euclidean')
-    if self.metric not in retrieval.METRICS:
-      raise UserError(f'metric={self.metric!r}; choose one of {", ".join(retrieval.METRICS)}')
+    if self.metric not in METRICS:
+      raise UserError(f'metric={self.metric!r}; choose one of {", ".join(METRICS)}')
     image_set = splits[split]
     items = subsample(np.random.default_rng(config.get('seed', 0)), len(image_set), config.get('max_items', 0),
                       'max_items')
     self.images = image_set.images[items]
     self.labels = image_set.labels[items]
-    self.ids = np.arange(len(image_set))[items]  # Positions in the split, saved with the index.
+    self.ids = np.arange(len(image_set))[items]  # Positions in the split, the items' sources in the index.
+    self.split = split
     _, counts = np.unique(self.labels, return_counts=True)
     if len(counts) < 2 or counts.max() < 2:
       raise UserError(f'retrieval on {split!r} needs two classes, one with two items; the {len(self.labels)} '
                       f'items used have {len(counts)} classes of at most {counts.max(initial=0)} (raise max_items?)')
 
-  def index(self, scorer) -> retrieval.EmbeddingIndex:
+  def index(self, scorer) -> embedding_index.Index:
     """The embeddings of the items, labelled, ready to query or save."""
-    return retrieval.EmbeddingIndex(scorer.embed(self.images), self.labels, self.ids, self.metric)
+    embeddings = scorer.embed(self.images)
+    index = embedding_index.Index(embeddings.shape[1], self.metric)
+    index.add(embeddings, self.labels, [f'split:{self.split}:{i}' for i in self.ids])
+    return index
 
   def __call__(self, scorer) -> dict[str, float]:
     index = self.index(scorer)
-    return {'precision_at_1': retrieval.precision_at_1(index), 'map_at_r': retrieval.map_at_r(index)}
+    return {'precision_at_1': embedding_index.precision_at_1(index), 'map_at_r': embedding_index.map_at_r(index)}
