@@ -19,18 +19,20 @@ import faiss
 import numpy as np
 from absl import app, flags
 
-from siamese_jax import embedding_index
+from siamese_jax import cli, embedding_index
 
-flags.DEFINE_list('sets', ['128x10000', '128x100000', '128x1000000'], 'DIMxCOUNT collections to build.')
-flags.DEFINE_list('kinds', ['flat', 'hnsw'], 'Index kinds (flat, hnsw, ivf).')
-flags.DEFINE_list('ef_search', ['64', '128'], 'HNSW candidates per query to measure.')
-flags.DEFINE_list('nprobe', ['32'], 'IVF lists searched per query to measure.')
-flags.DEFINE_integer('queries', 500, 'Queries timed one at a time, and scored for recall.')
-flags.DEFINE_integer('k', 10, 'Neighbours per query.')
-flags.DEFINE_integer('clusters', 1000, 'Class centres the vectors lie around; 0: isotropic Gaussian.')
-flags.DEFINE_float('spread', 0.5, 'Within-class standard deviation, relative to the centres\'.')
-flags.DEFINE_integer('seed', 0, 'Seed of the random embeddings.')
-FLAGS = flags.FLAGS
+FLAGS = flags.FlagValues()  # Its own: the index CLI, imported beside it in tests, defines global flags.
+flags.DEFINE_list('sets', ['128x10000', '128x100000', '128x1000000'], 'DIMxCOUNT collections to build.',
+                  flag_values=FLAGS)
+flags.DEFINE_list('kinds', ['flat', 'hnsw'], 'Index kinds (flat, hnsw, ivf).', flag_values=FLAGS)
+flags.DEFINE_list('ef_search', ['64', '128'], 'HNSW candidates per query to measure.', flag_values=FLAGS)
+flags.DEFINE_list('nprobe', ['32'], 'IVF lists searched per query to measure.', flag_values=FLAGS)
+flags.DEFINE_integer('queries', 500, 'Queries timed one at a time, and scored for recall.', flag_values=FLAGS)
+flags.DEFINE_integer('k', 10, 'Neighbours per query.', flag_values=FLAGS)
+flags.DEFINE_integer('clusters', 1000, 'Class centres the vectors lie around; 0: isotropic Gaussian.',
+                     flag_values=FLAGS)
+flags.DEFINE_float('spread', 0.5, 'Within-class standard deviation, relative to the centres\'.', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Seed of the random embeddings.', flag_values=FLAGS)
 
 
 def _rss_mib() -> float:
@@ -107,4 +109,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, FLAGS))

@@ -430,7 +430,8 @@ class Index:
         index._faiss = faiss.read_index(vectors)  # pylint: disable=protected-access
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, zipfile.BadZipFile) as e:
       raise UserError(f'cannot read the index at {path}: {e}') from None
-    counts = {d['count'], len(index.labels), len(index.sources), 0 if index._faiss is None else index._faiss.ntotal}  # pylint: disable=protected-access
+    stored = 0 if index._faiss is None else index._faiss.ntotal  # pylint: disable=protected-access
+    counts = {d['count'], len(index.labels), len(index.sources), stored}
     if len(counts) != 1:
       raise UserError(f'the index at {path} is damaged: its parts hold {sorted(counts)} items')
     return index
