@@ -92,7 +92,9 @@ def test_verification_report_uses_validation_threshold():
   assert report['threshold'] == pytest.approx(0.6)
   assert report['accuracy'] == pytest.approx(0.75)  # Only the different pair at 0.62 is accepted.
   assert report['auc'] == pytest.approx(0.75)  # Only (0.61 same, 0.62 different) is misordered.
-  assert report['eer'] == metrics.equal_error_rate([0.65, 0.62, 0.61, 0.2], [1, 0, 1, 0]) > 0
+  # Test ROC, lowering the threshold: (FPR, TPR) = (0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1). FPR = FNR
+  # at (0.5, 0.5), after 0.62 is accepted and before 0.61 is: the equal error rate is 0.5.
+  assert report['eer'] == pytest.approx(0.5)
   assert set(report) == {'accuracy', 'threshold', 'auc', 'eer'}
 
 
