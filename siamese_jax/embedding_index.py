@@ -12,7 +12,8 @@ results.json are what a user of a stored index gets. How each head is searched:
 faiss finds the candidates; their scores are then recomputed exactly from the stored vectors by the head's
 own formula, so a score is the network's comparison of the two images, not faiss's float approximation.
 Koch's head is an L1 distance on abs(w)-scaled vectors only where w <= 0: when some weights are positive
-faiss returns a shortlist (`shortlist` times k) by that L1 distance and the head re-ranks it.
+faiss returns a shortlist (`shortlist` times k) by that L1 distance and the head re-ranks it: it holds the
+head's best when the positive weights are small, as on dimensions a trained head makes little use of.
 
 An index on disk is a folder: `CURRENT` names the version folder that holds the complete index
 (`vectors.faiss`, `items.npz`, `index.json`). A version is written in full before `CURRENT` is replaced

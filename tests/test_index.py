@@ -292,19 +292,23 @@ def koch_head_scores(weights, bias, e1, e2):
 def test_weighted_l1_head_reranks_a_shortlist_to_the_heads_own_scores(signs, kind):
   rng = np.random.default_rng(3)
   gallery, queries = clustered(4, 500), clustered(5, 30)
-  weights = -np.abs(rng.normal(size=16)) if signs == 'negative' else rng.normal(size=16)
+  weights = -np.abs(rng.normal(1.0, 0.3, size=16))
+  if signs == 'mixed':  # As in a trained head: a few small positive weights on dimensions of little use.
+    weights[:3] = 0.05
   weights[3] = 0.0  # A dimension the head ignores.
-  db = embedding_index.Index(16, 'weighted_l1', kind, head_weights=weights, head_bias=0.7, shortlist=50)
+  db = embedding_index.Index(16, 'weighted_l1', kind, head_weights=weights, head_bias=0.7)
   db.add(gallery)
   found = db.search(queries, k=5)
   scores = koch_head_scores(weights, 0.7, queries[:, None], gallery[None])
   expected = np.argsort(-scores, axis=1, kind='stable')[:, :5]
   # All weights <= 0: the head is an L1 distance on |w|-scaled vectors, so faiss's own order is exact. With
-  # positive weights the shortlist of 50 x 5 candidates (half the items) holds the head's best five here.
+  # small positive weights the default shortlist (10 x 5 candidates) holds the head's best five.
   np.testing.assert_array_equal(found.ids, expected)
   np.testing.assert_allclose(found.scores, np.take_along_axis(scores, expected, axis=1), rtol=1e-5, atol=1e-5)
-  looser = embedding_index.Index(16, 'weighted_l1', kind, head_weights=weights, head_bias=0.7, shortlist=2)
+  looser = embedding_index.Index(16, 'weighted_l1', kind, head_weights=rng.normal(size=16), head_bias=0.7,
+                                 shortlist=2)
   looser.add(gallery)
+  scores = koch_head_scores(looser.head_weights, 0.7, queries[:, None], gallery[None])
   shortlisted = looser.search(queries, k=5)  # Whatever the shortlist holds is scored exactly and in order.
   np.testing.assert_allclose(shortlisted.scores, np.take_along_axis(scores, shortlisted.ids, axis=1), rtol=1e-5,
                              atol=1e-5)
