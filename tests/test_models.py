@@ -79,9 +79,20 @@ def test_resnet_encoder():
   model = small_model(encoder='resnet', features=(8, 16), embedding_dim=12, head='euclidean', blocks_per_stage=1)
   pairs = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 3))
   variables = model.init(jax.random.key(1), pairs)
+  params = variables['params']['encoder']
+  # Bias-free 3x3 convolutions, GroupNorm scale and bias, a 1x1 projection where a block changes shape:
+  # stem 3*3*3*8 = 216; stage 0 (8 -> 8): 16 + 576 + 16 + 576 = 1184; stage 1 (8 -> 16, stride 2):
+  # 16 + 8*16 + 3*3*8*16 + 32 + 3*3*16*16 = 3632; final norm 32; embedding 16*12 + 12 = 204.
+  assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) == 216 + 1184 + 3632 + 32 + 204
+  assert set(params) == {'stem', 'stage0_block0', 'stage1_block0', 'norm', 'embedding'}
+  assert 'project' not in params['stage0_block0'] and 'project' in params['stage1_block0']
   distances = model.apply(variables, pairs)
   chex.assert_shape(distances, (2,))
-  assert np.all(np.asarray(distances) >= 0)
+  # The pair distance is the Euclidean distance between the two images' embeddings.
+  embeddings = [model.apply(variables, pairs[:, i], method=models.SiameseNet.embed) for i in (0, 1)]
+  chex.assert_shape(embeddings, [(2, 12)] * 2)
+  chex.assert_trees_all_close(distances, jnp.linalg.norm(embeddings[0] - embeddings[1], axis=-1), rtol=1e-5)
+  assert np.all(np.asarray(distances) > 0)
 
 
 def test_normalized_embeddings_have_unit_length_and_bounded_distances():
