@@ -24,6 +24,12 @@ def _read_png(path, min_size=(200, 150)) -> np.ndarray:
   return pixels
 
 
+def _pixels_of(pixels, color, tolerance=10) -> int:
+  """How many pixels of an RGB image are within `tolerance` of the colour '#rrggbb' in every channel."""
+  rgb = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
+  return int(np.all(np.abs(pixels.astype(int) - rgb) <= tolerance, axis=-1).sum())
+
+
 def _random_pairs(n, shape, dtype, seed=0):
   rng = np.random.default_rng(seed)
   a, b = (rng.integers(0, 256, (n, *shape), dtype=np.uint8) for _ in range(2))
@@ -123,7 +129,14 @@ def test_comparison_of_different_sizes_and_channels(tmp_path, mnist_pairs, label
   b = np.random.default_rng(0).random((40, 30, 3), np.float32)
   path = plots.comparison(tmp_path / 'deep' / 'er' / 'pair.png', a, b, 0.42, label=label, title='Compare')
   assert path.parent.name == 'er'
-  _read_png(path, min_size=(500, 300))
+  pixels = _read_png(path, min_size=(500, 300))
+  # The caption is in the true relation's colour (green for same, red for different), black without one.
+  same, different = _pixels_of(pixels, plots._POS_COLOR), _pixels_of(pixels, plots._NEG_COLOR)
+  assert (same > 100, different > 100) == (label == 1, label == 0), (same, different)
+  # The similarity is printed in the caption, below the images: another score changes only that strip.
+  other = _read_png(plots.comparison(tmp_path / 'other.png', a, b, 0.87, label=label, title='Compare'))
+  rows = np.flatnonzero(np.any(pixels != other, axis=(1, 2)))
+  assert len(rows) and rows.min() > 0.85 * pixels.shape[0], rows
 
 
 @pytest.mark.parametrize(
@@ -161,6 +174,12 @@ def test_roc_with_and_without_auc(tmp_path):
   path = plots.roc(tmp_path / 'roc.png', {'siamese': (fpr, fpr**0.2, 0.83), 'pixels': (fpr, fpr**0.8)})
   pixels = _read_png(path, min_size=(400, 400))
   assert pixels.shape[0] == pixels.shape[1]
+  # The AUC is written in the legend (lower right): another AUC, or none, changes the picture only there.
+  for other_curve in ((fpr, fpr**0.2, 0.31), (fpr, fpr**0.2)):
+    other = _read_png(plots.roc(tmp_path / 'other.png', {'siamese': other_curve, 'pixels': (fpr, fpr**0.8)}))
+    rows, cols = np.nonzero(np.any(pixels != other, axis=-1))
+    assert len(rows) > 50, len(rows)
+    assert rows.min() > 0.7 * pixels.shape[0] and cols.min() > 0.5 * pixels.shape[1], (rows.min(), cols.min())
 
 
 @pytest.mark.parametrize(
