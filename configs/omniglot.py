@@ -19,14 +19,18 @@ def get_config(variant: str = ''):
   config.data.train_drawers = tuple(range(1, 13))
   config.data.validation_alphabets = omniglot.OPEN_EVALUATION_ALPHABETS
   config.data.validation_drawers = (13, 14, 15, 16)
-  config.data.test_alphabets = ()
+  config.data.test_alphabets = omniglot.OPEN_EVALUATION_ALPHABETS
   config.data.test_drawers = (17, 18, 19, 20)
+  config.data.train_rotations_as_classes = False
+  config.data.train_mirrors_as_classes = False
 
   config.evaluators.oneshot_20way = dict(kind='oneshot', split='validation', ways=20, shots=1, episodes=320,
                                          within_group=True)
   config.evaluators.oneshot_20way_across = dict(kind='oneshot', split='validation', ways=20, shots=1,
                                                 episodes=320, within_group=False)
   config.train.best_metric = 'oneshot_20way/accuracy'
+  # Lake-format runs (one alphabet, support and queries from two drawers) from drawers never trained on.
+  config.test_evaluators.lake_runs = dict(kind='lake_runs', split='test', num_runs=20, run_sets=5)
 
   if variant == 'smoke':
     config.data.image_size = 32
@@ -42,6 +46,35 @@ def get_config(variant: str = ''):
     config.train.steps_per_call = 10
     config.evaluators.oneshot_20way.episodes = 100
     config.evaluators.oneshot_20way_across.episodes = 100
-  elif variant:
-    raise ValueError(f'unknown variant {variant!r} of configs/omniglot.py (known: smoke)')
+  elif variant in ('cpu', 'final'):
+    config.data.image_size = 28
+    config.data.train_drawers = tuple(range(1, 17))
+    config.data.train_rotations_as_classes = True
+    config.model.encoder = 'conv_blocks'
+    config.model.features = (64, 64, 64, 64)
+    config.model.embedding_dim = 0
+    config.model.koch = False
+    config.model.head = 'euclidean'
+    config.loss.name = 'episodic'
+    config.loss.temperature = 1.0
+    config.batch.kind = 'classes'
+    config.batch.size = 200
+    config.batch.images_per_class = 2
+    config.batch.classes_per_group = 20
+    config.augment.strength = 0.5
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.schedule = 'cosine'
+    config.optimizer.decay_steps = 3000
+    config.train.num_steps = 3000
+    config.train.log_every = 100
+    config.train.eval_every = 500
+  if variant == 'final':
+    # The model to score on Lake's published runs: all 40 open alphabets, drawers 17-20 held out.
+    config.data.train_alphabets = omniglot.BACKGROUND_ALPHABETS + omniglot.OPEN_EVALUATION_ALPHABETS
+    config.data.validation_alphabets = config.data.train_alphabets
+    config.data.validation_drawers = (17, 18, 19, 20)
+    config.data.test_alphabets = ()
+    del config.test_evaluators['lake_runs']
+  elif variant not in ('', 'smoke', 'cpu'):
+    raise ValueError(f'unknown variant {variant!r} of configs/omniglot.py (known: smoke, cpu, final)')
   return config

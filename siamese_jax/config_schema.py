@@ -11,7 +11,9 @@ import ml_collections
 from siamese_jax import augment
 from siamese_jax.errors import UserError
 
-LOSSES = {'bce': 'logit', 'contrastive': 'distance', 'triplet': 'distance'}
+# The head output each loss needs; None: any head (the episodic loss ranks the head's similarities).
+LOSSES = {'bce': 'logit', 'contrastive': 'distance', 'triplet': 'distance', 'episodic': None}
+SCHEDULES = ('staircase', 'cosine')
 MINING = ('batch_all', 'batch_hard', 'semi_hard')
 
 
@@ -29,19 +31,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.shard_dataset = False
 
   c.batch = ml_collections.ConfigDict()
-  c.batch.kind = 'pairs'  # 'pairs' (bce, contrastive) or 'classes' (M-per-class, for triplet mining)
+  c.batch.kind = 'pairs'  # 'pairs' (bce, contrastive) or 'classes' (M-per-class: triplet, episodic)
   c.batch.size = 32  # global: pairs per step, or images per step for 'classes'
   c.batch.positive_fraction = 0.5
   c.batch.same_group_prob = 0.5  # chance a negative pair is drawn from one group (alphabet)
   c.batch.images_per_class = 4  # 'classes' batches: size // images_per_class classes
+  # 'classes' batches: > 0 splits the batch into episodes of this many classes of one group (alphabet)
+  c.batch.classes_per_group = 0
 
   c.augment = augment.default_config()  # Koch's affine distortions; strength=0 turns them off
 
   c.model = ml_collections.ConfigDict()
-  c.model.encoder = 'conv_tower'  # or 'resnet'
+  c.model.encoder = 'conv_tower'  # or 'conv_blocks' (3x3 conv, norm, ReLU, pool blocks), 'resnet'
   c.model.features = (64, 128, 128, 256)
   c.model.kernel_sizes = (10, 7, 4, 4)
   c.model.blocks_per_stage = 2  # resnet only
+  c.model.norm_groups = 8  # conv_blocks: GroupNorm groups after each convolution; 0 = no normaliser
   c.model.embedding_dim = 4096
   c.model.koch = True  # conv_tower: Koch's initialisation and sigmoid embedding (False: Flax defaults, linear)
   c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'
@@ -56,10 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0 (pair losses): add this much of an NT-Xent term between two distortions of every image in the
   # batch (losses.instance_discrimination), which keeps features that tell images of one class apart.
   c.loss.instance_weight = 0.0
-  c.loss.temperature = 0.2  # of the NT-Xent term
+  c.loss.temperature = 0.2  # of the NT-Xent term, and of the episodic loss's softmax
+  c.loss.shots = 1  # episodic: support images per class; the class's other images are its queries
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 9e-5
+  c.optimizer.schedule = 'staircase'  # or 'cosine' (down to 0 at decay_steps)
   c.optimizer.decay_rate = 0.99
   c.optimizer.decay_steps = 500
   c.optimizer.weight_decay = 0.0  # > 0: AdamW's decoupled decay of the kernels (see train.make_optimizer)
@@ -129,15 +136,15 @@ def validate(config) -> None:
     raise UserError(f'unknown config key(s): {", ".join(unknown)}')
   if config.loss.name not in LOSSES:
     raise UserError(f'loss.name={config.loss.name!r}; choose one of {", ".join(LOSSES)}')
-  if config.loss.name == 'triplet':
+  if config.loss.name in ('triplet', 'episodic'):
     if config.batch.kind != 'classes':
-      raise UserError("loss.name='triplet' needs batch.kind='classes' (M-per-class batches to mine)")
+      raise UserError(f"loss.name={config.loss.name!r} needs batch.kind='classes' (M-per-class batches)")
     if config.loss.mining not in MINING:
       raise UserError(f'loss.mining={config.loss.mining!r}; choose one of {", ".join(MINING)}')
   elif config.batch.kind != 'pairs':
     raise UserError(f"loss.name={config.loss.name!r} trains on pairs: set batch.kind='pairs'")
   head_kind = 'logit' if config.model.head == 'weighted_l1' else 'distance'
-  if LOSSES[config.loss.name] != head_kind:
+  if LOSSES[config.loss.name] not in (None, head_kind):
     raise UserError(f'loss {config.loss.name!r} needs a {LOSSES[config.loss.name]} head, '
                     f'but model.head={config.model.head!r} gives a {head_kind}')
   if config.model.normalize_embeddings and head_kind == 'distance' and not 0.0 < config.loss.margin < 2.0:
@@ -156,8 +163,10 @@ def validate(config) -> None:
   if config.loss.instance_weight and not config.augment.strength and not config.augment.dihedral:
     raise UserError('loss.instance_weight needs augment.strength > 0 or augment.dihedral: the two views of an '
                     'image are two random distortions of it')
-  if config.batch.kind == 'classes' and config.batch.size % config.batch.images_per_class:
-    raise UserError('batch.size must be a multiple of batch.images_per_class')
+  if config.batch.kind == 'classes':
+    _check_class_batch(config)
+  if config.optimizer.schedule not in SCHEDULES:
+    raise UserError(f'optimizer.schedule={config.optimizer.schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:
     raise UserError('batch.positive_fraction must lie in [0, 1]')
   if config.train.steps_per_call > 1 and not config.device_resident:
@@ -169,6 +178,22 @@ def validate(config) -> None:
   augment.AffineConfig.from_config(config.augment)
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')
+
+
+def _check_class_batch(config) -> None:
+  """An M-per-class batch divides into classes, and into episodes when it has them."""
+  batch = config.batch
+  if batch.images_per_class < 1 or batch.size % batch.images_per_class:
+    raise UserError('batch.size must be a multiple of batch.images_per_class')
+  classes = batch.size // batch.images_per_class
+  if batch.classes_per_group < 0 or (batch.classes_per_group and classes % batch.classes_per_group):
+    raise UserError(f'batch.classes_per_group={batch.classes_per_group} must divide the batch\'s {classes} '
+                    'classes (batch.size // batch.images_per_class), or be 0')
+  if config.loss.name == 'episodic' and not 1 <= config.loss.shots < batch.images_per_class:
+    raise UserError(f'loss.shots={config.loss.shots} must be at least 1 and leave a query among the '
+                    f'batch.images_per_class={batch.images_per_class} images of each class')
+  if config.loss.name == 'episodic' and (batch.classes_per_group or classes) < 2:
+    raise UserError('the episodic loss needs at least two classes per episode')
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:

@@ -7,6 +7,8 @@ in what they consume, which decides how batches are built:
 - 'contrastive': `contrastive(distances, labels, margin, positive_margin)`, one embedding distance per pair.
 - 'triplet': `triplet(embeddings, labels, margin, mining)`, a batch of labelled embeddings [B, D]
   from which triplets are mined online.
+- 'episodic': `episodic(scores, temperature)`, the similarities [E, Q, W] of each query of an episode to
+  each of its W classes (the head's output, higher = more alike), classified by a softmax over them.
 - `instance_discrimination(views1, views2, temperature)`: an unsupervised NT-Xent term between two
   distortions of the same images, added to a pair loss with weight `loss.instance_weight`.
 
@@ -101,6 +103,28 @@ def instance_discrimination(views1: jax.Array, views2: jax.Array, temperature: f
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))
 
 
+def episodic(scores: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """Mean cross-entropy of classifying each query among the classes of its episode, and its accuracy.
+
+  Args:
+    scores: float [E, W * Q, W]: for each of E episodes, the similarity of each query to each of the W
+      classes (higher = more alike), queries in class-major order: query q belongs to class q // Q.
+    temperature: the similarities are divided by it before the softmax.
+
+  Every query is compared with every class of its episode at once, so each step trains against W - 1
+  negatives per query instead of one: the N-way decision the one-shot task asks for (Vinyals et al.
+  2016; Snell et al. 2017).
+
+  Returns:
+    (loss, accuracy), both scalars.
+  """
+  ways = scores.shape[-1]
+  targets = jnp.repeat(jnp.arange(ways), scores.shape[1] // ways)
+  targets = jnp.broadcast_to(targets, scores.shape[:2])
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(scores / temperature, targets))
+  return loss, jnp.mean(jnp.argmax(scores, axis=-1) == targets)
+
+
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of values where mask holds; 0 (with zero gradient) when it holds nowhere."""
   return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
@@ -171,6 +195,7 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
     'bce': binary_cross_entropy,
     'contrastive': contrastive,
     'triplet': triplet,
+    'episodic': episodic,
 }
 
 

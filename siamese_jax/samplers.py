@@ -119,16 +119,24 @@ def sample_pairs(key, layout: ClassLayout, batch_size: int, positive_fraction: f
   return jnp.stack([image_a, image_b], axis=1), labels
 
 
-def sample_classes(key, layout: ClassLayout, num_classes: int, per_class: int):
-  """An M-per-class batch for triplet mining: `num_classes` distinct classes, `per_class` images each.
+def sample_classes(key, layout: ClassLayout, num_classes: int, per_class: int, classes_per_group: int = 0):
+  """An M-per-class batch: `num_classes` distinct classes, `per_class` images each.
 
+  With `classes_per_group` > 0 the batch is num_classes / classes_per_group episodes, each of
+  `classes_per_group` classes of one group (one alphabet: the near neighbours a within-alphabet test
+  asks to tell apart). An episode's group is that of a uniformly drawn class, so every class is as
+  likely to be trained on; a group with too few classes is filled up with classes of other groups.
   Images are distinct within a class when it has enough, else its images repeat.
 
   Returns:
-    indices int32 [num_classes * per_class], labels int32 [num_classes * per_class] (class ids).
+    indices int32 [num_classes * per_class], labels int32 [num_classes * per_class] (class ids), in
+    class-major order: the images of one class, and the classes of one episode, are adjacent.
   """
   k_classes, k_images = jax.random.split(key)
-  classes = jax.random.choice(k_classes, layout.num_classes, (num_classes,), replace=False)
+  if classes_per_group:
+    classes = _classes_by_group(k_classes, layout, num_classes // classes_per_group, classes_per_group)
+  else:
+    classes = jax.random.choice(k_classes, layout.num_classes, (num_classes,), replace=False)
   count = layout.class_count[classes]
   slots = jnp.arange(layout.max_class_size)
   noise = jax.random.uniform(k_images, (num_classes, layout.max_class_size))
@@ -138,3 +146,13 @@ def sample_classes(key, layout: ClassLayout, num_classes: int, per_class: int):
   indices = layout.order[layout.class_start[classes][:, None] + offsets]
   labels = jnp.repeat(classes, per_class)
   return indices.reshape(-1), labels
+
+
+def _classes_by_group(key, layout: ClassLayout, episodes: int, ways: int):
+  """[episodes * ways] class ids, each episode's `ways` classes distinct and, where it can, of one group."""
+  group_key, rank_key = jax.random.split(key)
+  groups = layout.class_group[jax.random.randint(group_key, (episodes,), 0, layout.num_classes)]
+  # Classes of the episode's group rank first (noise in [0, 1)), the others after them (in [1, 2)).
+  noise = jax.random.uniform(rank_key, (episodes, layout.num_classes))
+  priority = noise + (layout.class_group[None, :] != groups[:, None])
+  return jax.lax.top_k(-priority, ways)[1].reshape(-1)

@@ -41,7 +41,7 @@ class TrainState:
 
 
 def make_optimizer(optimizer_config) -> optax.GradientTransformation:
-  """Adam with an exponentially decaying (staircase) learning rate.
+  """Adam with a decaying learning rate (`learning_rate_schedule`).
 
   With `weight_decay` > 0 it is AdamW: weights shrink by learning_rate * weight_decay each step,
   decoupled from the gradient statistics, and only kernels (ndim > 1) shrink, not biases or norm scales.
@@ -54,6 +54,10 @@ def make_optimizer(optimizer_config) -> optax.GradientTransformation:
 
 
 def learning_rate_schedule(optimizer_config):
+  """'staircase': times `decay_rate` every `decay_steps`; 'cosine': a half cosine down to 0 at `decay_steps`
+  (Loshchilov & Hutter 2017), for a run of known length such as the CPU Omniglot config."""
+  if optimizer_config.schedule == 'cosine':
+    return optax.cosine_decay_schedule(optimizer_config.learning_rate, optimizer_config.decay_steps)
   return optax.exponential_decay(optimizer_config.learning_rate, optimizer_config.decay_steps,
                                  optimizer_config.decay_rate, staircase=True)
 
@@ -70,7 +74,7 @@ def draw_batch(key, layout: samplers.ClassLayout, batch_config):
     return samplers.sample_pairs(key, layout, batch_config.size, batch_config.positive_fraction,
                                  batch_config.same_group_prob)
   return samplers.sample_classes(key, layout, batch_config.size // batch_config.images_per_class,
-                                 batch_config.images_per_class)
+                                 batch_config.images_per_class, batch_config.classes_per_group)
 
 
 def objective(params, images, labels, key, *, model, config):
@@ -82,6 +86,10 @@ def objective(params, images, labels, key, *, model, config):
     views.append(augment.random_affine(jax.random.fold_in(key, 1), flat, affine))
   embeddings = model.apply({'params': params}, jnp.concatenate(views), method=models.SiameseNet.embed)
   embeddings = jnp.split(embeddings, len(views))
+  if config.loss.name == 'episodic':
+    scores = episode_scores(model, params, embeddings[0], config)
+    loss, accuracy = losses.episodic(scores, config.loss.temperature)
+    return loss, {'loss': loss, 'accuracy': accuracy}
   if config.loss.name == 'triplet':
     loss = losses.triplet(embeddings[0], labels, config.loss.margin, config.loss.mining)
     distances = losses.pairwise_distances(embeddings[0]) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
@@ -100,6 +108,22 @@ def objective(params, images, labels, key, *, model, config):
     metrics['instance_loss'] = losses.instance_discrimination(*embeddings, config.loss.temperature)
     loss = loss + config.loss.instance_weight * metrics['instance_loss']
   return loss, {'loss': loss, **metrics}
+
+
+def episode_scores(model, params, embeddings, config):
+  """Similarities [E, W * Q, W] of each query to each class of its episode, through the model's head.
+
+  `embeddings` [E * W * P, D] come in the sampler's class-major order, P = batch.images_per_class; the
+  first `loss.shots` images of a class are its support, the rest its queries. A query's score for a
+  class is the mean over that class's support images, as the one-shot evaluator scores K shots.
+  """
+  ways = config.batch.classes_per_group or config.batch.size // config.batch.images_per_class
+  per_class, shots = config.batch.images_per_class, config.loss.shots
+  embeddings = embeddings.reshape((-1, ways, per_class, embeddings.shape[-1]))
+  support = embeddings[:, :, :shots]  # [E, W, K, D]
+  queries = embeddings[:, :, shots:].reshape((embeddings.shape[0], -1, 1, 1, embeddings.shape[-1]))
+  out = model.apply({'params': params}, queries, support[:, None], method=models.SiameseNet.compare)
+  return models.similarity(out, model.head.output_kind).mean(-1)
 
 
 def train_step(state: TrainState, images, labels, key, *, model, tx, config):

@@ -21,6 +21,8 @@ class ImageSet:
     group_names: name of each group id.
     source: a short description of where the images came from (which copy of the data), reported
       beside every result on them.
+    drawers: int32 [N] who drew each image (Omniglot), else None: Lake's one-shot runs take a run's
+      support from one drawer and its queries from another.
   """
 
   images: np.ndarray
@@ -29,6 +31,7 @@ class ImageSet:
   class_names: tuple[str, ...]
   group_names: tuple[str, ...] = ('all',)
   source: str = ''
+  drawers: np.ndarray | None = None
 
   def __post_init__(self):
     n = len(self.images)
@@ -36,6 +39,8 @@ class ImageSet:
       raise ValueError(f'images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}')
     if self.labels.shape != (n,) or self.groups.shape != (n,):
       raise ValueError('labels and groups must have one entry per image')
+    if self.drawers is not None and self.drawers.shape != (n,):
+      raise ValueError('drawers must have one entry per image')
 
   def __len__(self) -> int:
     return len(self.images)
@@ -61,4 +66,30 @@ class ImageSet:
         class_names=tuple(self.class_names[c] for c in kept_classes),
         group_names=tuple(self.group_names[g] for g in kept_groups),
         source=self.source,
+        drawers=None if self.drawers is None else self.drawers[mask],
+    )
+
+  def with_symmetries_as_classes(self, quarter_turns: bool = True, mirror: bool = False) -> 'ImageSet':
+    """Every image also turned by 90, 180 and 270 degrees and/or mirrored, each variant a class of its own.
+
+    A turned character is a new character (Santoro et al. 2016; Vinyals et al. 2016): four (or eight)
+    times the classes to learn from. A variant's group is its original group in that orientation, so a
+    group still holds characters that are drawn alike.
+    """
+    if self.images.shape[1] != self.images.shape[2]:
+      raise ValueError(f'symmetries as classes need square images, got {self.images.shape[1:3]}')
+    variants = [(k, False) for k in (range(4) if quarter_turns else range(1))]
+    if mirror:
+      variants += [(k, True) for k, _ in variants]
+    images = [np.rot90(np.flip(self.images, 2) if flip else self.images, k, axes=(1, 2)) for k, flip in variants]
+    names = [f'rot{90 * k}' + ('_mirror' if flip else '') for k, flip in variants]
+    count = len(variants)
+    return ImageSet(
+        images=np.ascontiguousarray(np.concatenate(images)),
+        labels=np.concatenate([self.labels + v * self.num_classes for v in range(count)]).astype(np.int32),
+        groups=np.concatenate([self.groups + v * len(self.group_names) for v in range(count)]).astype(np.int32),
+        class_names=tuple(f'{c}@{n}' for n in names for c in self.class_names),
+        group_names=tuple(f'{g}@{n}' for n in names for g in self.group_names),
+        source=f'{self.source}, {" ".join(names)} as classes' if count > 1 else self.source,
+        drawers=None if self.drawers is None else np.tile(self.drawers, count),
     )

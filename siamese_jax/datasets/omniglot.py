@@ -207,7 +207,16 @@ class Drawings:
     group_names, groups = np.unique(self.alphabets, return_inverse=True)
     return ImageSet(images=self.images, labels=labels.astype(np.int32), groups=groups.astype(np.int32),
                     class_names=tuple(class_names.tolist()), group_names=tuple(group_names.tolist()),
-                    source=self.source)
+                    source=self.source, drawers=self.drawers)
+
+  @classmethod
+  def from_image_set(cls, image_set: ImageSet) -> Drawings:
+    """The inverse of `image_set`, for an ImageSet that kept its drawers (an Omniglot split)."""
+    if image_set.drawers is None:
+      raise UserError(f'{image_set.source} does not say who drew each image, which Lake-style runs need')
+    return cls(images=image_set.images, alphabets=np.array(image_set.group_names)[image_set.groups],
+               characters=np.array(image_set.class_names)[image_set.labels], drawers=image_set.drawers,
+               source=image_set.source)
 
 
 def load_drawings(data_config) -> Drawings:
@@ -245,7 +254,9 @@ def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
 def load_splits(data_config) -> dict[str, ImageSet]:
   """Koch-style splits: each of train/validation/test is a set of alphabets times a set of drawers.
 
-  The test split is left out when `data.test_alphabets` is empty.
+  The test split is left out when `data.test_alphabets` is empty. `data.train_rotations_as_classes` and
+  `data.train_mirrors_as_classes` add the training characters' quarter turns and mirror images as new
+  characters (`ImageSet.with_symmetries_as_classes`).
   """
   selections = _selections(data_config)
   drawings = load_drawings(data_config)
@@ -258,6 +269,9 @@ def load_splits(data_config) -> dict[str, ImageSet]:
     if not len(split.images):
       raise UserError(f'data.{name}_alphabets/_drawers select no image from {drawings.source}')
     splits[name] = split.image_set()
+  turns, mirrors = data_config.get('train_rotations_as_classes', False), data_config.get('train_mirrors_as_classes', False)
+  if turns or mirrors:
+    splits['train'] = splits['train'].with_symmetries_as_classes(quarter_turns=turns, mirror=mirrors)
   return splits
 
 

@@ -11,7 +11,7 @@ import importlib
 
 from siamese_jax.errors import UserError
 
-KINDS = ('oneshot', 'verification', 'retrieval', 'reference')
+KINDS = ('oneshot', 'lake_runs', 'verification', 'retrieval', 'reference')
 
 
 def get_split(splits: dict, name: str, key: str):
@@ -25,7 +25,8 @@ def build(name: str, evaluator_config, splits):
   kind = evaluator_config.get('kind')
   if kind not in KINDS:
     raise UserError(f'evaluators.{name}.kind={kind!r}; choose one of {", ".join(KINDS)}')
-  get_split(splits, evaluator_config.get('split', 'validation'), f'evaluators.{name}.split')
+  if not evaluator_config.get('path'):
+    get_split(splits, evaluator_config.get('split', 'validation'), f'evaluators.{name}.split')
   module = importlib.import_module(f'siamese_jax.evaluators.{kind}')
   return module.Evaluator(evaluator_config, splits)
 

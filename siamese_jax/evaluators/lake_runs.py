@@ -1,0 +1,43 @@
+"""Lake et al.'s 20-way one-shot runs as an evaluator: runs read from disk, or drawn from a split.
+
+With `path`, the runs in Lake's published format (`all_runs.zip` or a folder of `runNN/`) are scored.
+Without it, `run_sets` sets of `num_runs` runs are drawn from `split` with `lake_runs.make_runs`, one set
+per seed (seed, seed + 1, ...): each run takes one alphabet, `ways` of its characters, its support from
+one drawer and its queries from another. Accuracy is the mean over every run, with a 95% interval over
+runs; the spread between the sets is reported too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamese_jax import evaluators, lake_runs, metrics
+from siamese_jax.datasets.omniglot import Drawings
+from siamese_jax.errors import UserError
+
+
+class Evaluator:
+  """Config: path, or split, num_runs, run_sets, ways; seed (for drawing runs and breaking ties)."""
+
+  def __init__(self, config, splits):
+    self.seed = config.get('seed', 0)
+    path = config.get('path', '')
+    if path:
+      image_size = splits['train'].image_shape[0]
+      self.run_sets = [lake_runs.read_runs(path, image_size=image_size)]
+      return
+    num_runs, run_sets = config.get('num_runs', 20), config.get('run_sets', 5)
+    if num_runs < 1 or run_sets < 1:
+      raise UserError(f'lake_runs: num_runs={num_runs} and run_sets={run_sets} must be at least 1')
+    split = evaluators.get_split(splits, config.get('split', 'validation'), 'lake_runs.split')
+    drawings = Drawings.from_image_set(split)
+    self.run_sets = [lake_runs.make_runs(drawings, num_runs=num_runs, ways=config.get('ways', 20), seed=self.seed + s)
+                     for s in range(run_sets)]
+
+  def __call__(self, scorer) -> dict[str, float]:
+    runs = [run for run_set in self.run_sets for run in run_set]
+    accuracies = np.array(lake_runs.score_runs(scorer, runs, self.seed))
+    mean, ci95 = metrics.mean_and_ci95(accuracies)
+    per_set = accuracies.reshape(len(self.run_sets), -1).mean(axis=1)
+    return {'accuracy': float(mean), 'ci95': float(ci95), 'set_min': float(per_set.min()),
+            'set_max': float(per_set.max())}
