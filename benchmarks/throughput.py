@@ -4,10 +4,10 @@
       --dtypes=float32,bfloat16 --steps=20 --json=throughput.json
 
 For every (batch size, dtype) two rows are measured:
-  synthetic:  the host-path step (`train._compile` with device_resident=False: one `train.train_step` under
+  synthetic:  the host-path step (`train.compile_training_call` with device_resident=False: one `train.train_step` under
               jit with the mesh shardings and state donation) on random uint8 batches already on the device,
               i.e. the cost of the step alone;
-  end_to_end: the device-resident fused call (`train._compile` with device_resident=True): batches and
+  end_to_end: the device-resident fused call (`train.compile_training_call` with device_resident=True): batches and
               affine distortions drawn on the device from the training split, `steps_per_call` steps per
               call, i.e. what a training run does minus validation and checkpoints.
 The step is compiled ahead of time (`lower().compile()`, timed as compile time), called `--warmup` times,
@@ -238,7 +238,7 @@ def benchmark(config: ml_collections.ConfigDict, image_set: datasets.ImageSet, d
                    out_shardings=sharding.batch_sharded(mesh))(key)
   labels = jax.device_put(labels.astype(jnp.int32), sharding.batch_sharded(mesh))
   state = init(key)
-  host_jit = train._compile(host_config, model, tx, mesh, state_sharding)  # pylint: disable=protected-access
+  host_jit = train.compile_training_call(host_config, model, tx, mesh, state_sharding)
   step, compile_s = _compile_ahead('synthetic', host_jit, state, images, labels, key)
   xla = xla_flops(step, mesh.size)
   seconds = time_calls(lambda s: step(s, images, labels, key), state, warmup, steps)
@@ -246,7 +246,7 @@ def benchmark(config: ml_collections.ConfigDict, image_set: datasets.ImageSet, d
                   data='random batch')]
 
   state = init(key)
-  fused_jit = train._compile(config, model, tx, mesh, state_sharding)  # pylint: disable=protected-access
+  fused_jit = train.compile_training_call(config, model, tx, mesh, state_sharding)
   fused, compile_s = _compile_ahead('end_to_end', fused_jit, state, device_data, key)
   seconds = time_calls(lambda s: fused(s, device_data, key), state, warmup, steps)
   rows.append(measure(mode='end_to_end', config=config, call_seconds=seconds, compile_s=compile_s,

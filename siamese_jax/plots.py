@@ -225,6 +225,8 @@ def learning_curve(path: str | os.PathLike,
                    title: str | None = None) -> pathlib.Path:
   """Writes accuracies (keys ending in 'accuracy') and, below them, losses (keys ending in 'loss').
 
+  When entries carry 'elapsed_s' (seconds of training so far), the top axis reads in training minutes.
+
   Entries may carry different keys (say training metrics every step and validation metrics every
   hundred); each key is drawn from the entries that have it.
 
@@ -256,6 +258,12 @@ def learning_curve(path: str | os.PathLike,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
   axes[-1].set_xlabel('step')
+  timed = [(entry['step'], entry['elapsed_s'] / 60) for entry in history if 'elapsed_s' in entry]
+  if len(timed) >= 2:  # Training minutes along the top: what a run on this machine costs to get there.
+    steps, minutes = np.array(sorted(timed)).T
+    top = axes[0].secondary_xaxis('top', functions=(lambda s: np.interp(s, steps, minutes),
+                                                    lambda m: np.interp(m, minutes, steps)))
+    top.set_xlabel('training minutes')
   fig.suptitle(title or 'Learning curves')
   return _save(fig, path)
 

@@ -197,7 +197,7 @@ class HostBatches:
     return sharding.put_global_batch((self.images[indices[rows]], labels[rows]), self.mesh)
 
 
-def _compile(config, model, tx, mesh, state_sharding):
+def compile_training_call(config, model, tx, mesh, state_sharding):
   """The jitted training call for the configured input path."""
   data_sharding = sharding.replicated(mesh)
   if config.device_resident:
@@ -263,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                len(train_set), train_set.num_classes, mesh.size, start_step)
 
   layout = samplers.class_layout(train_set.labels, train_set.groups)
-  step_fn = _compile(config, model, tx, mesh, state_sharding)
+  step_fn = compile_training_call(config, model, tx, mesh, state_sharding)
   if config.device_resident:
     data = put_dataset(train_set, layout, config, mesh)
     steps_per_call = config.train.steps_per_call
@@ -338,24 +338,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = (state if best_step == step else manager.restore(state, best_step)[0]).eval_params
     scorer.set_params(params)
     results = evaluators.run_all(test_evals, scorer)
-    logging.info('test metrics of the checkpoint at step %d: %s', best_step,
+    minutes = best.get('elapsed_s', 0.0) / 60
+    logging.info('test metrics of the checkpoint at step %d (%.1f training minutes): %s', best_step, minutes,
                  '  '.join(f'{k} {v:.4f}' for k, v in results.items()))
     if is_main:
-      _write_results(workdir, best_step, results, splits['train'].source)
+      _write_results(workdir, best_step, minutes, results, splits['train'].source)
     best.update({f'test/{k}': v for k, v in results.items()})
   return best
 
 
-def _write_results(workdir, step, results, source):
+def _write_results(workdir, step, minutes, results, source):
   """The test metrics of the best checkpoint, as JSON and as a Markdown table (evaluator x metric)."""
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'step': step, 'data': source, 'metrics': results}, f, indent=1)
+    json.dump({'step': step, 'training_minutes': minutes, 'data': source, 'metrics': results}, f, indent=1)
   rows = {}
   for key, value in results.items():
     name, metric = key.split('/', 1)
     rows.setdefault(name, {})[metric] = value
   columns = sorted({metric for row in rows.values() for metric in row})
-  lines = [f'Checkpoint at step {step}; data: {source}.', '', '| test set | ' + ' | '.join(columns) + ' |',
+  lines = [f'Checkpoint at step {step}, after {minutes:.1f} training minutes; data: {source}.', '',
+           '| test set | ' + ' | '.join(columns) + ' |',
            '|---' * (len(columns) + 1) + '|']
   for name, row in rows.items():
     lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' if c in row else '' for c in columns) + ' |')

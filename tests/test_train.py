@@ -78,7 +78,7 @@ def one_step(config, mesh, image_set):
   state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
   state = jax.device_put(state, sharding.replicated(mesh))
   data = train.put_dataset(image_set, samplers.class_layout(image_set.labels, image_set.groups), config, mesh)
-  step_fn = train._compile(config, model, tx, mesh, sharding.replicated(mesh))
+  step_fn = train.compile_training_call(config, model, tx, mesh, sharding.replicated(mesh))
   return step_fn, (state, data, jax.random.key(7))
 
 

@@ -1,0 +1,52 @@
+"""The side-by-side step benchmark: its JAX side is the project's own training step, run on a tiny config."""
+
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO
+
+from configs import omniglot as omniglot_config
+
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of the repository, not of the package
+from benchmarks import cpu_step  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def tiny_config(name):
+  config = omniglot_config.get_config(name)
+  config.data.image_size = 16
+  config.model.features = (8, 8)
+  if name == 'smoke':
+    config.model.kernel_sizes = (3, 3)
+    config.batch.size = 4
+  else:
+    config.batch.size, config.batch.classes_per_group = 8, 4
+  return config
+
+
+@pytest.mark.parametrize('name', ['smoke', 'cpu'])
+def test_jax_side_trains_on_its_fixed_batch(name):
+  config = tiny_config(name)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, cpu_step.batch_shape(config), dtype=np.uint8)
+  assert images.shape == ((4, 2, 16, 16, 1) if name == 'smoke' else (8, 16, 16, 1))
+  labels = np.arange(len(images)) % 2 if name == 'smoke' else np.repeat(np.arange(4), 2)
+  call, state = cpu_step.jax_step(config, images, labels.astype(np.int32))
+  seconds = cpu_step.alternate({'jax': (call, state)}, warmup=1, repeats=3)
+  assert len(seconds['jax']) == 3 and min(seconds['jax']) > 0
+
+
+def test_pytorch_reference_matches_the_flax_tower_shapes():
+  torch = pytest.importorskip('torch', reason='PyTorch comes with the benchmark extra only')
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  for name in ('smoke', 'cpu'):
+    config = tiny_config(name)
+    network = torch_reference.build(config)
+    count = sum(p.numel() for p in network.parameters())
+    from siamese_jax import models  # pylint: disable=g-import-not-at-top
+    params = models.init_params(models.build(config.model), (16, 16, 1), jax.random.key(0))
+    assert count == sum(p.size for p in jax.tree.leaves(params))
+    x = torch.rand(8, 1, 16, 16)
+    labels = torch.from_numpy(np.arange(4) % 2 if name == 'smoke' else np.repeat(np.arange(4), 2))
+    assert torch.isfinite(torch_reference.loss(network, config, x, labels))
