@@ -2,19 +2,23 @@
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
 
 import chex
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, synthetic_image_set
 from PIL import Image
 from test_train import tiny_config
 
-from siamese_jax import cli, compare, datasets, evaluate, plots, show_pairs, train
+from siamese_jax import cli, compare, datasets, models, plots, show_pairs, train
 from siamese_jax.datasets import omniglot
 from siamese_jax.errors import UserError
 
@@ -31,16 +35,48 @@ def synthetic_data(monkeypatch, splits):
   monkeypatch.setattr(datasets, 'load_splits', lambda data_config: splits)
 
 
+def workdir_config():
+  """The config of the `workdir` run."""
+  config = tiny_config(num_steps=4, eval_every=2)
+  config.data.image_size = 16
+  return config
+
+
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory, splits):
-  """A run trained for two steps on the synthetic splits (16 px, named omniglot: files are inverted)."""
-  config = tiny_config(num_steps=2)
-  config.data.image_size = 16
+  """A run trained for four steps on the synthetic splits (16 px, named omniglot: files are inverted).
+
+  Its two validations are given the scores 0.9 and 0.5, so the best checkpoint (step 2) is not the latest
+  (step 4): the tools must use the best.
+  """
   path = str(tmp_path_factory.mktemp('run'))
+  scores = iter([0.9, 0.5])
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(datasets, 'load_splits', lambda data_config: splits)
-    train.train_and_evaluate(config, path)
+    patch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
+    train.train_and_evaluate(workdir_config(), path)
   return path
+
+
+def best_checkpoint_similarity(workdir):
+  """Scores pairs of uint8 images [N, H, W, C] with the best checkpoint's parameters, restored here with
+  Orbax from the checkpoint files and run through the whole Siamese net (not the tools' loader and scorer)."""
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  assert sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit()) == [2, 4]
+  model = models.build(workdir_config().model)
+  item = {'params': jax.eval_shape(lambda: models.init_params(model, (16, 16, 1), jax.random.key(0)))}
+  args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))
+  state, latest = (ocp.PyTreeCheckpointer().restore(os.path.join(checkpoint_dir, step, 'state'), args=args)
+                   for step in ('2', '4'))
+  with pytest.raises(AssertionError):  # the two checkpoints score differently
+    chex.assert_trees_all_close(state['params'], latest['params'])
+
+  def similarity(images_a, images_b):
+    pairs = jnp.stack([jnp.asarray(images_a), jnp.asarray(images_b)], axis=1).astype(jnp.float32) / 255.0
+    return np.asarray(model.apply({'params': state['params']}, pairs))  # the head's logit: higher = more alike
+
+  return similarity
 
 
 def run_main(module, monkeypatch, *args):
@@ -92,9 +128,8 @@ def test_show_pairs_scores_pairs_with_a_trained_run(tmp_path, monkeypatch, workd
   monkeypatch.setattr(plots, 'pair_montage', spy)
   run_main(show_pairs, monkeypatch, f'--workdir={workdir}', f'--out={tmp_path / "scored.png"}', '--rows=2',
            '--cols=2')  # no --config: the run's own
-  _, _, scorer = evaluate.load_trained(workdir)
-  expected = scorer.similarity(scorer.embed(drawn['images_a']), scorer.embed(drawn['images_b']))
-  chex.assert_trees_all_close(drawn['scores'], expected, rtol=1e-5)
+  expected = best_checkpoint_similarity(workdir)(drawn['images_a'], drawn['images_b'])
+  chex.assert_trees_all_close(drawn['scores'], expected, rtol=1e-5, atol=1e-6)
   assert (tmp_path / 'scored.png').exists()
 
 
@@ -124,9 +159,7 @@ def test_compare_prints_the_scorer_similarity_symmetrically(tmp_path, monkeypatc
   similarities = [float(re.search(r'similarity (\S+)', out).group(1)) for out in printed]
   same = float(re.search(r'P\(same\) (\S+)', printed[0]).group(1))
 
-  _, _, scorer = evaluate.load_trained(workdir)
-  embeddings = scorer.embed(images)
-  expected = float(scorer.similarity(embeddings[0], embeddings[1]))
+  expected = float(best_checkpoint_similarity(workdir)(images[:1], images[1:])[0])
   np.testing.assert_allclose(similarities, [expected, expected], atol=2e-6)
   np.testing.assert_allclose(same, 1 / (1 + math.exp(-expected)), atol=1e-4)
   with Image.open(tmp_path / 'comparison.png') as image:
