@@ -39,6 +39,49 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
+def conv_valid_by_rows(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A VALID, stride-1 convolution of x [N, H, W, C] with kernel [k, k, C, F], as k matrix products.
+
+  For each kernel row, the k column shifts of the input are laid side by side ([N, H', W', k * C]) and
+  multiplied by that row's [k * C, F] weights. XLA:CPU runs large-kernel convolutions and above all
+  their weight gradients far below its matrix-product speed (Koch's 7x7 layer: 10 s against 2.8 s for
+  a forward and weight gradient at batch 64, BENCHMARKS.md); as products, both passes are GEMMs.
+  Memory stays k times below a full im2col.
+  """
+  k = kernel.shape[0]
+  height, width = x.shape[1] - k + 1, x.shape[2] - k + 1
+  out = None
+  for i in range(k):
+    patches = jnp.concatenate([x[:, i:i + height, j:j + width] for j in range(k)], axis=-1)
+    term = patches @ kernel[i].reshape(-1, kernel.shape[-1])
+    out = term if out is None else out + term
+  return out
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` (VALID, stride 1) that runs as matrix products (`conv_valid_by_rows`) on the CPU.
+
+  Only where the input has channels to multiply: with one input channel (Koch's first layer) each
+  product is 10 wide and XLA's own convolution is 6x faster. The parameters are nn.Conv's (same
+  names and shapes), so checkpoints move freely between backends; accelerators keep XLA's
+  convolution, which cuDNN and TPUs run well.
+  """
+
+  min_channels_for_products: int = 8
+
+  @nn.compact
+  def __call__(self, inputs):
+    if (jax.default_backend() != 'cpu' or self.padding != 'VALID' or self.strides not in (1, None, (1, 1))
+        or inputs.shape[-1] < self.min_channels_for_products):
+      return super().__call__(inputs)
+    kernel = self.param('kernel', self.kernel_init, tuple(self.kernel_size) + (inputs.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = conv_valid_by_rows(inputs, kernel)
+    return y if bias is None else y + bias
+
+
 class ConvTower(nn.Module):
   """Koch et al. (2015)'s convolutional tower, with the paper's initialisation.
 
@@ -61,7 +104,7 @@ class ConvTower(nn.Module):
     if self.koch:
       inits = dict(kernel_init=normal_init(0.0, 1e-2), bias_init=normal_init(0.5, 1e-2))
     for i, (features, size) in enumerate(zip(self.features, self.kernel_sizes)):
-      x = nn.Conv(features, (size, size), padding='VALID', dtype=self.dtype, name=f'conv{i}', **inits)(x)
+      x = Conv(features, (size, size), padding='VALID', dtype=self.dtype, name=f'conv{i}', **inits)(x)
       x = nn.relu(x)
       if i < len(self.features) - 1:
         x = max_pool_2x2(x)

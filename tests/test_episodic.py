@@ -1,7 +1,6 @@
-"""The one-shot training ingredients: episodic loss, episodes of one alphabet, turns as classes, fast pooling."""
+"""The one-shot training ingredients: episodic loss, episodes of one alphabet, turns as classes, Lake runs."""
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,16 +140,6 @@ def test_quarter_turns_and_mirrors_become_classes_of_their_own():
                            groups=np.zeros(1, np.int32), class_names=('a',))
   with pytest.raises(ValueError, match='square'):
     oblong.with_symmetries_as_classes()
-
-
-@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 4), (1, 3, 3, 2)])
-def test_max_pool_2x2_matches_flax_values_and_gradients(shape):
-  x = jax.random.normal(jax.random.key(0), shape)  # continuous: no tied maxima
-  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-  chex.assert_trees_all_close(models.max_pool_2x2(x), reference(x))
-  weights = jax.random.normal(jax.random.key(1), reference(x).shape)
-  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
-  chex.assert_trees_all_close(grad(models.max_pool_2x2), grad(reference))
 
 
 def test_conv_blocks_embed_each_image_on_its_own():

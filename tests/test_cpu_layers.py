@@ -1,0 +1,41 @@
+"""The CPU formulations of pooling and convolution compute what Flax's layers compute, gradients included."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from siamese_jax import models
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 7, 9, 4), (1, 3, 3, 2)])
+def test_max_pool_2x2_matches_flax_values_and_gradients(shape):
+  x = jax.random.normal(jax.random.key(0), shape)  # continuous: no tied maxima
+  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  chex.assert_trees_all_close(models.max_pool_2x2(x), reference(x))
+  weights = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)
+  chex.assert_trees_all_close(grad(models.max_pool_2x2), grad(reference))
+
+
+@pytest.mark.parametrize('channels,kernel', [(8, 4), (16, 3), (1, 5)])
+def test_conv_matches_flax_conv_values_and_gradients(channels, kernel):
+  """Above 8 input channels the layer runs as matrix products; below, as XLA's convolution."""
+  x = jax.random.normal(jax.random.key(0), (3, 13, 11, channels))
+  ours, flax_conv = models.Conv(6, (kernel, kernel), padding='VALID'), nn.Conv(6, (kernel, kernel), padding='VALID')
+  variables = flax_conv.init(jax.random.key(1), x)
+  chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), variables)  # checkpoints interchange
+  chex.assert_trees_all_close(ours.apply(variables, x), flax_conv.apply(variables, x), atol=1e-5)
+  loss = lambda layer: lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                              jax.grad(loss(flax_conv), argnums=(0, 1))(variables, x), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_by_rows_is_a_sum_of_matrix_products():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 4))
+  expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  chex.assert_trees_all_close(models.conv_valid_by_rows(x, kernel), expected, atol=1e-4)
+  jaxpr = str(jax.make_jaxpr(models.conv_valid_by_rows)(x, kernel))
+  assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 3
