@@ -1,22 +1,31 @@
 """Orbax checkpoints: the latest state (for resuming) and the best-validation state (for using).
 
 Each checkpoint holds the training state and the metric history up to it, and records its validation
-metrics so that Orbax's `BestN` policy can keep the best one beside the latest.
+metrics on disk so that Orbax's `BestN` policy ranks checkpoints restored from disk too: the kept best
+is the run's best across any number of resumes. Checkpoints saved between validations (on a cadence,
+on preemption) record no metrics and are kept only while they are the latest.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
 
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from siamese_jax.errors import UserError
 
 _SUBDIR = 'checkpoints'
+# Where checkpoints that cannot be read are moved: kept for inspection, out of the way of new saves.
+UNREADABLE_SUBDIR = 'checkpoints_unreadable'
 
 
 def _directory(workdir: str) -> epath.Path:
@@ -43,19 +52,22 @@ def check_compatible(workdir: str, abstract_state) -> None:
   """Raises UserError if `workdir` holds a checkpoint of another model or training state. Writes nothing.
 
   A training state differs when, e.g., a run kept without a moving average resumes with `train.ema_decay`.
+  The newest checkpoint whose metadata reads is compared; unreadable ones are reported when resuming.
   """
   directory = _directory(workdir)
   if not directory.exists():
     return
   with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                              item_handlers=_handlers()) as manager:
-    step = manager.latest_step()
-    if step is None:
-      return
-    try:
-      saved = manager.item_metadata(step)['state'].tree
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f'cannot read the checkpoint at step {step} in {directory}: {e}') from e
+    saved = None
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        saved = manager.item_metadata(step)['state'].tree
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue
+  if saved is None:
+    return
   saved_shapes = _shapes(saved)
   wanted = _shapes(abstract_state)
   if saved_shapes != wanted:
@@ -65,24 +77,50 @@ def check_compatible(workdir: str, abstract_state) -> None:
                     f'{saved_shapes.get(name)}, config gives {wanted.get(name)}); use a new --workdir')
 
 
-class Manager:
-  """Saves after each validation; keeps the latest checkpoint and the one best in `best_metric`."""
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the 'Event loop is closed' errors of reads still in flight when a failed restore gave up.
 
-  def __init__(self, workdir: str, best_metric: str):
+  Tensorstore reports each as a traceback long after the failure was handled; other errors still show.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+class Manager:
+  """Keeps the latest checkpoint and the one best in `best_metric`.
+
+  `training`: the run's own manager, which creates the folder and removes the temporary folders that a
+  killed save left; tools that only read (evaluate, compare) must not, as a save may be in flight.
+  """
+
+  def __init__(self, workdir: str, best_metric: str, training: bool = False):
     self.best_metric = best_metric
+    self.directory = _directory(os.path.abspath(workdir))
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=1),
         ocp.checkpoint_managers.BestN(get_metric_fn=self._score, n=1, keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes Orbax write each checkpoint's metrics beside it (without it they are dropped).
     self._manager = ocp.CheckpointManager(
-        _directory(os.path.abspath(workdir)),
-        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True),
+        self.directory,
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=self._score, best_mode='max',
+                                             create=training, cleanup_tmp_directories=training),
         item_handlers=_handlers())
 
   def _score(self, metrics) -> float:
-    return float(metrics.get(self.best_metric, -np.inf))
+    value = float(metrics.get(self.best_metric, -np.inf))
+    return value if math.isfinite(value) else -np.inf
 
   def save(self, step: int, state, metrics: dict, history: list) -> None:
+    """Saves asynchronously; `metrics` are the step's validation metrics, {} for a save between validations."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
         history=ocp.args.JsonSave(history)), metrics={k: float(v) for k, v in metrics.items()})
@@ -95,9 +133,31 @@ class Manager:
     return flax.serialization.from_state_dict(state, restored['state']), list(restored['history'])
 
   def restore_latest(self, state):
-    """The latest checkpoint if there is one, else `state` unchanged and an empty history."""
-    step = self._manager.latest_step()
-    return (state, []) if step is None else self.restore(state, step)
+    """The newest checkpoint that reads, else `state` unchanged and an empty history.
+
+    A checkpoint that does not read (truncated by a full disk, files deleted) is reported in one line and
+    moved to checkpoints_unreadable/ beside checkpoints/: never deleted, and out of the way of the step
+    that training saves again.
+    """
+    for step in sorted(self.steps(), reverse=True):
+      try:
+        return self.restore(state, step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+    return state, []
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    _quiet_closed_loop_callbacks()
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    target = self.directory.parent / UNREADABLE_SUBDIR / f'{step}.{int(time.time())}'
+    logging.warning('checkpoint %s is unreadable (%s: %s); moved to %s, resuming from the one before',
+                    self.directory / str(step), type(error).__name__, reason[:200], target)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set aside unreadable checkpoint {step}')
+    self._manager.reload()
 
   def restore_params(self, step: int):
     """The parameters to use from checkpoint `step`, shaped as saved (no template needed).
@@ -129,3 +189,31 @@ class Manager:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class Cadence:
+  """When to save between validations: every `steps` steps and/or every `minutes` minutes (0: not by that).
+
+  Steps count from 0, so a resumed run saves at the same steps; minutes count from the last save. With
+  several processes the clock of process 0 decides, asked at log steps only (a collective), so that all
+  save together.
+  """
+
+  def __init__(self, every, steps_per_call: int):
+    self.steps = int(every.steps)
+    self.minutes = float(every.minutes)
+    self.steps_per_call = steps_per_call
+    self._last = time.monotonic()
+
+  def due(self, step: int, log_step: bool) -> bool:
+    if self.steps and step % self.steps < self.steps_per_call:
+      return True
+    if not self.minutes:
+      return False
+    late = time.monotonic() - self._last >= self.minutes * 60
+    if jax.process_count() == 1:
+      return late
+    return log_step and bool(multihost_utils.broadcast_one_to_all(np.asarray(late)))
+
+  def saved(self) -> None:
+    self._last = time.monotonic()

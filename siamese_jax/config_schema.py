@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: validate, select and keep for use an exponential moving average of the parameters (e.g. 0.999);
   # 0: the parameters themselves.
   c.train.ema_decay = 0.0
+  # Checkpoints between validations, so that a kill loses little: every `steps` steps and/or `minutes`
+  # minutes since the last save (0 turns either off). Validations save too.
+  c.train.checkpoint_every = ml_collections.ConfigDict({'steps': 0, 'minutes': 10.0})
 
   # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
   c.evaluators = ml_collections.ConfigDict()
@@ -178,6 +181,8 @@ def validate(config) -> None:
   augment.AffineConfig.from_config(config.augment)
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')
+  if config.train.checkpoint_every.steps < 0 or config.train.checkpoint_every.minutes < 0:
+    raise UserError('train.checkpoint_every.steps and .minutes must be >= 0 (0: not by that measure)')
 
 
 def _check_class_batch(config) -> None:

@@ -13,10 +13,11 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags
 
-from siamese_jax import checkpoints, config_schema, inference, lake_runs, models, sharding
+from siamese_jax import checkpoints, config_schema, files, inference, lake_runs, models, sharding
 from siamese_jax.errors import UserError
 
 flags.DEFINE_string('workdir', None, 'A training workdir (holding config.json and checkpoints/).')
@@ -45,7 +46,14 @@ def load_trained(workdir: str, which: str | int = 'best'):
   best = manager.best_metrics(manager.history(step))
   if which == 'best' and best is not None and best['step'] in steps:
     step = best['step']
-  params = manager.restore_params(step)
+  try:
+    params = manager.restore_params(step)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'cannot read the checkpoint at step {step} in {workdir}/checkpoints ({type(e).__name__}: '
+                    f'{str(e).strip().splitlines()[0] if str(e).strip() else ""})') from None
+  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params)):
+    raise UserError(f'the checkpoint at step {step} in {workdir}/checkpoints holds non-finite parameters '
+                    '(the run diverged); it cannot score anything')
   model = models.build(config.model)
   return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
 
@@ -66,9 +74,13 @@ def main(argv):
     print(f'{run.name}  {accuracy * 100:5.1f}%')
   overall = float(np.mean(accuracies))
   print(f'overall  {overall * 100:5.1f}%  (error {100 - overall * 100:.1f}%)')
-  with open(os.path.join(FLAGS.workdir, 'lake_runs.json'), 'w') as f:
-    json.dump({'step': step, 'runs': dict(zip([r.name for r in runs], accuracies)), 'overall': overall}, f,
-              indent=1)
+  path = os.path.join(FLAGS.workdir, 'lake_runs.json')
+  try:
+    files.write_text(path, json.dumps(
+        {'step': step, 'runs': dict(zip([r.name for r in runs], accuracies)), 'overall': overall}, indent=1))
+  except OSError as e:
+    print(f'error: cannot write {path}: {e.strerror or e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -16,17 +16,23 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from siamese_jax import files
+
 _DPI = 100
 _POS_COLOR = '#1a7f37'
 _NEG_COLOR = '#c62828'
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
-  """Renders `fig` to a PNG at `path`, creating its folder, so callers never manage directories."""
+  """Renders `fig` to a PNG at `path`, creating its folder, so callers never manage directories.
+
+  Written whole or not at all (a full disk leaves the previous picture, not a truncated one).
+  """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   FigureCanvasAgg(fig)
-  fig.savefig(path, format='png', dpi=_DPI)
+  with files.replacing(path) as tmp:
+    fig.savefig(tmp, format='png', dpi=_DPI)
   return path
 
 

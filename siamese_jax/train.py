@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+import flax.serialization
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import optax
 from absl import logging
 
 from siamese_jax import augment, checkpoints, config_schema, datasets, evaluators, inference, losses, models
-from siamese_jax import plots, samplers, sharding
+from siamese_jax import files, plots, preemption, samplers, sharding
 from siamese_jax.errors import UserError
 
 
@@ -223,6 +224,7 @@ def _log_line(step, num_steps, sums, count, lr, rate, unit):
 def prepare(config, workdir):
   """Everything that can fail on bad input, done before anything is written to `workdir`."""
   config_schema.validate(config)
+  files.check_writable_folder(workdir)
   splits = datasets.load_splits(config.data)
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch.size, mesh)
@@ -251,14 +253,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   out_shardings=state_sharding)(init_key)
 
   is_main = jax.process_index() == 0
-  manager = checkpoints.Manager(workdir, config.train.best_metric)
-  state, history = manager.restore_latest(state)
+  manager = checkpoints.Manager(workdir, config.train.best_metric, training=True)
+  writer = None
+  try:
+    state, history = manager.restore_latest(state)
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+      files.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+      writer = MetricWriter(workdir)
+    with preemption.StopNotice() as notice:
+      return _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, history, manager,
+                    writer, notice, train_key)
+  finally:
+    if writer:
+      writer.close()
+    manager.close()
+
+
+def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, history, manager, writer, notice,
+           train_key):
+  """The loop of `train_and_evaluate` from the restored `state`: train, log, validate, save, stop, test."""
+  train_set = splits['train']
+  is_main = jax.process_index() == 0
   start_step = int(state.step)
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = MetricWriter(workdir) if is_main else None
+  state_sharding = sharding.replicated(mesh)
   logging.info('training on %s: %d images, %d classes; %d devices; from step %d', train_set.source,
                len(train_set), train_set.num_classes, mesh.size, start_step)
 
@@ -283,7 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_means = {}
   step = start_step
   stop_reason = f'reached train.num_steps={num_steps}'
+  cadence = checkpoints.Cadence(config.train.checkpoint_every, steps_per_call)
+  guard = _DivergenceGuard(manager, start_step if start_step else None)
   while step < num_steps:
+    first = step + 1
     if config.device_resident:
       state, step_sums = step_fn(state, data, train_key)
     else:
@@ -292,8 +313,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step += steps_per_call
     count += steps_per_call
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+    guard.queued(first, step, step_sums['loss'])
 
-    if step % config.train.log_every < steps_per_call or step >= num_steps:
+    log_step = step % config.train.log_every < steps_per_call or step >= num_steps
+    eval_step = step % config.train.eval_every < steps_per_call or step >= num_steps
+    stop = notice.requested(step)
+    save_step = eval_step or stop or cadence.due(step, log_step)
+    if log_step or save_step:
+      guard.check_losses()
+    if save_step:
+      guard.check_state(state, step)
+
+    if log_step:
       sums = jax.device_get(sums)
       now = time.perf_counter()
       rate = (step - last_step) * config.batch.size / (now - last_time)
@@ -304,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             schedule(step)), f'train/{unit}_per_second': rate}, step)
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
 
-    if step % config.train.eval_every < steps_per_call or step >= num_steps:
+    if eval_step and not stop:  # a stopping run saves at once, without validating
       scorer.set_params(state.eval_params)
       eval_metrics = evaluators.run_all(evals, scorer)
       entry = {'step': step, 'elapsed_s': elapsed_before + time.perf_counter() - run_start,
@@ -316,6 +347,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       manager.save(step, state, eval_metrics, history)
       if is_main:
         _write_history(workdir, history)
+    elif save_step:
+      manager.save(step, state, {}, history)
+    if save_step:
+      guard.last_saved = step
+      cadence.saved()
+    if stop:
+      manager.wait()
+      logging.warning('stopped by %s at step %d, checkpoint saved in %s: run the same command to resume',
+                      notice.signal_name, step, manager.directory)
+      return dict(best or {})
+    if eval_step:
       current = eval_metrics.get(config.train.best_metric)
       if current is not None and (best is None or current > best.get(config.train.best_metric, -np.inf)):
         best, stale = entry, 0
@@ -328,8 +370,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   manager.wait()
   logging.info('training finished at step %d: %s', step, stop_reason)
-  if writer:
-    writer.close()
   # Orbax keeps the latest and the best; on tied scores the best kept may be a later step.
   kept = set(manager.steps())
   best = dict(manager.best_metrics([h for h in history if h['step'] in kept]) or {})
@@ -347,10 +387,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return best
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+class _DivergenceGuard:
+  """Stops a run whose loss or state turns non-finite, before anything non-finite is saved or logged.
+
+  Each call's loss is checked once the next call is queued, so the device never waits on the check;
+  before a log line or a save the latest loss and the whole state (a non-finite gradient shows there
+  first) are checked as well.
+  """
+
+  def __init__(self, manager, last_saved):
+    self.manager = manager
+    self.last_saved = last_saved
+    self._pending = None
+
+  def queued(self, first: int, last: int, loss) -> None:
+    self.check_losses()
+    self._pending = (first, last, loss)
+
+  def check_losses(self) -> None:
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      self._check(*pending)
+
+  def _check(self, first, last, loss) -> None:
+    if not np.isfinite(float(jax.device_get(loss))):
+      raise self._error('non-finite loss at step ' + (str(last) if first == last else f'{first}-{last}'))
+
+  def check_state(self, state, step: int) -> None:
+    if not bool(_all_finite(flax.serialization.to_state_dict(state))):
+      raise self._error(f'non-finite parameters after step {step} (a non-finite gradient)')
+
+  def _error(self, what: str) -> UserError:
+    if self.last_saved is None:
+      where = 'no checkpoint was saved before it'
+    else:
+      where = (f'the last good checkpoint is step {self.last_saved} in {self.manager.directory}, which the same '
+               'command resumes from (with a lower optimizer.learning_rate, say)')
+    return UserError(f'training diverged: {what}; {where}')
+
+
 def _write_results(workdir, step, minutes, results, source):
   """The test metrics of the best checkpoint, as JSON and as a Markdown table (evaluator x metric)."""
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'step': step, 'training_minutes': minutes, 'data': source, 'metrics': results}, f, indent=1)
+  files.write_text(os.path.join(workdir, 'results.json'), json.dumps(
+      {'step': step, 'training_minutes': minutes, 'data': source, 'metrics': results}, indent=1))
   rows = {}
   for key, value in results.items():
     name, metric = key.split('/', 1)
@@ -361,8 +446,7 @@ def _write_results(workdir, step, minutes, results, source):
            '|---' * (len(columns) + 1) + '|']
   for name, row in rows.items():
     lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' if c in row else '' for c in columns) + ' |')
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  files.write_text(os.path.join(workdir, 'results.md'), '\n'.join(lines) + '\n')
 
 
 def _validations_since_best(history, metric):
@@ -373,8 +457,7 @@ def _validations_since_best(history, metric):
 
 
 def _write_history(workdir, history):
-  with open(os.path.join(workdir, 'history.json'), 'w') as f:
-    json.dump(history, f, indent=1)
+  files.write_text(os.path.join(workdir, 'history.json'), json.dumps(history, indent=1, allow_nan=False))
   plots.learning_curve(os.path.join(workdir, 'learning_curve.png'), history)
 
 

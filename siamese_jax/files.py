@@ -1,0 +1,52 @@
+"""Files written whole or not at all: a full disk or a kill mid-write leaves the previous version in place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+from siamese_jax.errors import UserError
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[str]:
+  """A temporary path beside `path` to write to; moved onto `path` (os.replace: atomic) if the block succeeds."""
+  path = os.fspath(path)
+  folder = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with replacing(path) as tmp, open(tmp, 'w') as f:
+    f.write(text)
+
+
+def check_writable_folder(path: str) -> None:
+  """Raises UserError unless `path` is, or can be made, a folder this process can write files in.
+
+  Probed by creating (and removing) a file, since permission bits say nothing of a read-only mount or
+  of a process running as root. Writes nothing lasting; remote paths (gs://) are left to their client.
+  """
+  if '://' in path:
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f'--workdir={path} is a file, not a folder')
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(os.path.abspath(probe))
+  if not os.path.isdir(probe):
+    raise UserError(f'cannot create --workdir={path}: {probe} is a file, not a folder')
+  try:
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as e:
+    raise UserError(f'cannot write in {probe} (for --workdir={path}): {e.strerror or e}') from None
