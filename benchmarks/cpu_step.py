@@ -30,11 +30,16 @@ from ml_collections import config_flags
 from siamese_jax import config_schema, models, sharding, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file (path[:variant]).', lock_config=True)
-flags.DEFINE_integer('repeats', 20, 'Timed steps on each side (medians are reported).', lower_bound=1)
-flags.DEFINE_integer('warmup', 3, 'Untimed steps on each side first.', lower_bound=0)
-flags.DEFINE_enum('max_pool', 'reshape', ['reshape', 'reduce_window'], 'The JAX side\'s 2x2 max-pool.')
-flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
+
+
+def define_flags():
+  """Defined when run, not on import: other benchmarks define --config in absl's global flags too."""
+  config_flags.DEFINE_config_file('config', None, 'Training configuration file (path[:variant]).',
+                                  lock_config=True)
+  flags.DEFINE_integer('repeats', 20, 'Timed steps on each side (medians are reported).', lower_bound=1)
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps on each side first.', lower_bound=0)
+  flags.DEFINE_enum('max_pool', 'reshape', ['reshape', 'reduce_window'], 'The JAX side\'s 2x2 max-pool.')
+  flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
 def batch_shape(config) -> tuple[int, ...]:
@@ -138,4 +143,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

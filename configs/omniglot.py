@@ -62,12 +62,12 @@ def get_config(variant: str = ''):
     config.batch.images_per_class = 2
     config.batch.classes_per_group = 20
     config.augment.strength = 0.5
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.learning_rate = 3e-3
     config.optimizer.schedule = 'cosine'
-    config.optimizer.decay_steps = 3000
-    config.train.num_steps = 3000
+    config.optimizer.decay_steps = 2400
+    config.train.num_steps = 2400
     config.train.log_every = 100
-    config.train.eval_every = 500
+    config.train.eval_every = 300
   if variant == 'final':
     # The model to score on Lake's published runs: all 40 open alphabets, drawers 17-20 held out.
     config.data.train_alphabets = omniglot.BACKGROUND_ALPHABETS + omniglot.OPEN_EVALUATION_ALPHABETS

@@ -10,7 +10,12 @@ from conftest import REPO
 from configs import omniglot as omniglot_config
 
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of the repository, not of the package
-from benchmarks import cpu_step  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import cpu_step, throughput  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+
+
+def test_importable_beside_the_throughput_benchmark():
+  """Both are imported above in one process: neither may claim absl's --config on import."""
+  assert 'config' in throughput.FLAGS and callable(cpu_step.define_flags)
 
 
 def tiny_config(name):
