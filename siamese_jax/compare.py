@@ -90,6 +90,25 @@ def to_model_input(image: Image.Image, form: InputForm) -> np.ndarray:
   return 255 - pixels if form.invert else pixels
 
 
+def conversion_note(image: Image.Image, form: InputForm) -> str | None:
+  """What `to_model_input` does to a file whose size or channels differ from the model's input, in words."""
+  width, height = image.size
+  bands = image.getbands()
+  colour = image.mode == 'P' or {'R', 'G', 'B'} <= set(bands)
+  done = []
+  if 'A' in bands or 'transparency' in image.info:
+    done.append(f'transparent background filled with {"white" if form.invert else "black"}')
+  if colour and form.channels == 1:
+    done.append('converted to grayscale')
+  elif not colour and form.channels == 3:
+    done.append('grayscale copied to the 3 colour channels')
+  if width != height:
+    done.append(f'stretched to {form.size}x{form.size} (aspect ratio not kept)')
+  elif width != form.size:
+    done.append(f'resized to {form.size}x{form.size}')
+  return f'{width}x{height} {image.mode}: ' + ', '.join(done) if done else None
+
+
 def score_pairs(scorer: inference.Scorer, pairs: np.ndarray) -> np.ndarray:
   """Similarity (higher = more alike) of each pair of uint8 images [N, 2, H, W, C] -> float [N]."""
   embeddings = scorer.embed(pairs.reshape((-1,) + pairs.shape[2:]))
@@ -103,6 +122,10 @@ def main(argv):
     images = [read_image(path) for path in (FLAGS.image_a, FLAGS.image_b)]  # before the slower model load
     config, step, scorer = evaluate.load_trained(FLAGS.workdir, FLAGS.checkpoint)
     form = input_form(config.data)
+    for path, image in zip((FLAGS.image_a, FLAGS.image_b), images):
+      note = conversion_note(image, form)
+      if note:
+        print(f'note: {path} is {note}')
     pair = np.stack([to_model_input(image, form) for image in images])
     similarity = float(score_pairs(scorer, pair[None])[0])
     names = ' vs '.join(os.path.basename(path) for path in (FLAGS.image_a, FLAGS.image_b))

@@ -78,7 +78,11 @@ def _parse_run(files: Mapping[str, Callable[[], bytes]], where: str, run: str, l
   support = sorted(name for name in files if name.startswith(f'{base}{run}/training/') and name.endswith('.png'))
   queries = sorted(name for name in files if name.startswith(f'{base}{run}/test/') and name.endswith('.png'))
   answer_of = {}
-  for number, line in enumerate(files[labels_name]().decode().splitlines(), start=1):
+  try:
+    text = files[labels_name]().decode()
+  except UnicodeDecodeError:
+    raise UserError(f'{where}: {labels_name} is not a text file') from None
+  for number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
       continue
     pair = re.fullmatch(rf'\s*({run}/test/[^/\s]+\.png)\s+({run}/training/[^/\s]+\.png)\s*', line)
@@ -90,6 +94,8 @@ def _parse_run(files: Mapping[str, Callable[[], bytes]], where: str, run: str, l
       if name not in files:
         raise UserError(f'{where}: {labels_name} line {number} names {name}, which is missing')
     answer_of[query] = support.index(match)
+  if not queries:
+    raise UserError(f'{where}: no {base}{run}/test/*.png queries')
   unanswered = [name for name in queries if name not in answer_of]
   if unanswered or not support:
     raise UserError(f'{where}: {labels_name} gives no match for {unanswered or "any query"}')

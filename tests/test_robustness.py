@@ -301,3 +301,16 @@ def test_stop_notice_catches_sigterm_and_restores_the_handler():
     os.kill(os.getpid(), signal.SIGTERM)
     assert notice.requested(2) and notice.signal_name == 'SIGTERM'
   assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_compare_says_what_is_done_to_an_image_of_another_shape():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from siamese_jax import compare  # pylint: disable=g-import-not-at-top
+  mnist = compare.InputForm(size=28, channels=1, invert=False)
+  assert compare.conversion_note(Image.new('RGB', (300, 200)), mnist) == (
+      '300x200 RGB: converted to grayscale, stretched to 28x28 (aspect ratio not kept)')
+  assert compare.conversion_note(Image.new('L', (28, 28)), mnist) is None
+  assert compare.conversion_note(Image.new('LA', (56, 56)), compare.InputForm(size=28, channels=3, invert=True)) == (
+      '56x56 LA: transparent background filled with white, grayscale copied to the 3 colour channels, resized '
+      'to 28x28')
