@@ -8,6 +8,7 @@ on preemption) record no metrics and are kept only while they are the latest.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -121,9 +122,22 @@ class Manager:
 
   def save(self, step: int, state, metrics: dict, history: list) -> None:
     """Saves asynchronously; `metrics` are the step's validation metrics, {} for a save between validations."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
-        history=ocp.args.JsonSave(history)), metrics={k: float(v) for k, v in metrics.items()})
+    with self._write_errors():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+          history=ocp.args.JsonSave(history)), metrics={k: float(v) for k, v in metrics.items()})
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """A failed save (a full disk, lost permissions), here or in the background, as one UserError line."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      complete = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) if self.directory.exists() else []
+      newest = f'step {complete[-1]}' if complete else 'none'
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise UserError(f'cannot save a checkpoint in {self.directory} ({type(e).__name__}: {reason}); '
+                      f'the newest complete checkpoint: {newest}') from e
 
   def restore(self, state, step: int):
     """`state` (its shapes and shardings) restored from checkpoint `step`, and the history."""
@@ -185,10 +199,12 @@ class Manager:
     return max(reversed(scored), key=lambda h: h[self.best_metric]) if scored else None
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with self._write_errors():
+      self._manager.close()
 
 
 class Cadence:

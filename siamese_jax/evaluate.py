@@ -78,8 +78,8 @@ def main(argv):
   try:
     files.write_text(path, json.dumps(
         {'step': step, 'runs': dict(zip([r.name for r in runs], accuracies)), 'overall': overall}, indent=1))
-  except OSError as e:
-    print(f'error: cannot write {path}: {e.strerror or e}', file=sys.stderr)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 
 from siamese_jax.errors import UserError
@@ -14,9 +15,8 @@ from siamese_jax.errors import UserError
 def replacing(path: str | os.PathLike) -> Iterator[str]:
   """A temporary path beside `path` to write to; moved onto `path` (os.replace: atomic) if the block succeeds."""
   path = os.fspath(path)
-  folder = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  os.close(fd)
+  # Named, not created: the writer creates it, with the permissions the umask gives any new file.
+  tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp')
   try:
     yield tmp
     os.replace(tmp, path)
@@ -26,8 +26,12 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-  with replacing(path) as tmp, open(tmp, 'w') as f:
-    f.write(text)
+  """Writes `text` to `path` whole; a failure (a full disk) is a UserError and leaves the previous file."""
+  try:
+    with replacing(path) as tmp, open(tmp, 'w') as f:
+      f.write(text)
+  except OSError as e:
+    raise UserError(f'cannot write {path}: {e.strerror or e}') from None
 
 
 def check_writable_folder(path: str) -> None:

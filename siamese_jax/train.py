@@ -458,7 +458,11 @@ def _validations_since_best(history, metric):
 
 def _write_history(workdir, history):
   files.write_text(os.path.join(workdir, 'history.json'), json.dumps(history, indent=1, allow_nan=False))
-  plots.learning_curve(os.path.join(workdir, 'learning_curve.png'), history)
+  path = os.path.join(workdir, 'learning_curve.png')
+  try:
+    plots.learning_curve(path, history)
+  except OSError as e:
+    raise UserError(f'cannot write {path}: {e.strerror or e}') from None
 
 
 class MetricWriter:

@@ -314,3 +314,29 @@ def test_compare_says_what_is_done_to_an_image_of_another_shape():
   assert compare.conversion_note(Image.new('LA', (56, 56)), compare.InputForm(size=28, channels=3, invert=True)) == (
       '56x56 LA: transparent background filled with white, grayscale copied to the 3 colour channels, resized '
       'to 28x28')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 600 kB tmpfs (room for two of the tiny task's checkpoints), or a skip where mounting is not allowed."""
+  folder = tmp_path / 'disk'
+  folder.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', str(folder)], capture_output=True).returncode:
+    pytest.skip('cannot mount a small tmpfs here (needs root)')
+  yield folder
+  subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_full_disk_is_one_error_and_leaves_whole_files(small_disk, synthetic_splits):
+  config = tiny_config(num_steps=40, log_every=5, eval_every=5)
+  workdir = str(small_disk / 'run')
+  with pytest.raises(UserError, match=r'(cannot save a checkpoint in \S+ \(.*No space left on device.*\); the '
+                     r'newest complete checkpoint: step \d+)|(cannot write \S+: No space left on device)'):
+    train.train_and_evaluate(config, workdir)
+  history = json.loads(open(os.path.join(workdir, 'history.json')).read())
+  assert history and not glob.glob(os.path.join(workdir, '.*.tmp'))
+  # The rerun (with room again) removes the unfinished checkpoint's temporary folder and carries on.
+  subprocess.run(['mount', '-o', 'remount,size=4m', str(small_disk)], check=True)
+  train.train_and_evaluate(config, workdir)
+  assert not glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
+  assert checkpoints.Manager(workdir, METRIC).steps()[-1] == 40
