@@ -25,33 +25,37 @@ def run(config_module, variant, dataset, tmp_path, tfds_dir, **overrides):
 
 def test_mnist_contrastive(tmp_path, tfds_dir):
   best, workdir = run(mnist, 'smoke', 'mnist', tmp_path, tfds_dir)
-  # Chance is 0.5 on balanced pairs; 300 steps reach ~0.96 at a validation-chosen threshold.
-  assert best['test/test/accuracy'] > 0.9 and best['test/test/auc'] > 0.95
+  # Chance is 0.5 on balanced pairs. Seeds 0-2 (one device): accuracy 0.9615, 0.9585, 0.9485 (mean 0.956,
+  # SD 0.007), AUC 0.9938, 0.9951, 0.9914 (mean 0.993, SD 0.002); bounds near the mean minus 3 SD.
+  assert best['test/test/accuracy'] > 0.93 and best['test/test/auc'] > 0.985
   assert best['test/test/threshold'] < 0  # a distance threshold (scores are -distance), not 0.5
   assert (workdir / 'learning_curve.png').exists()
 
 
 def test_mnist_triplet_with_online_mining(tmp_path, tfds_dir):
   best, _ = run(mnist, 'smoke,triplet', 'mnist', tmp_path, tfds_dir)
-  # Batch-hard mining on the unit sphere: ~0.977 after 300 steps (a collapse to one point gives 0.5).
-  assert best['test/test/accuracy'] > 0.9
+  # Batch-hard mining on the unit sphere (a collapse to one point gives 0.5). Seeds 0-2: 0.9765, 0.9765,
+  # 0.9595 (mean 0.971, SD 0.010); the bound is near the mean minus 3 SD.
+  assert best['test/test/accuracy'] > 0.935
 
 
 def test_mnist_heldout_digits_three_test_sets(tmp_path, tfds_dir):
   best, workdir = run(mnist_heldout, 'smoke', 'mnist', tmp_path, tfds_dir)
   results = json.loads((workdir / 'results.json').read_text())
   assert set(results['metrics']) >= {f'{s}/{m}' for s in ('seen', 'mixed', 'unseen') for m in ('accuracy', 'auc', 'eer')}
-  assert best['test/seen/accuracy'] > 0.95  # ~0.99 at 300 steps
-  # Digits never trained on: ~0.82 at step 250 with the instance term (~0.75 without), clearly above chance.
-  assert best['test/unseen/accuracy'] > 0.65
+  # Seeds 0-2: seen digits 0.977, 0.9875, 0.9815 (mean 0.982, SD 0.005); digits never trained on 0.8065,
+  # 0.82, 0.814 (mean 0.8135, SD 0.007; ~0.75 without the instance term). Bounds near the mean minus 3 SD.
+  assert best['test/seen/accuracy'] > 0.96
+  assert best['test/unseen/accuracy'] > 0.78
   assert '| unseen |' in (workdir / 'results.md').read_text()
 
 
 def test_malaria_reference_classification(tmp_path, tfds_dir):
   best, workdir = run(malaria, 'smoke', 'malaria', tmp_path, tfds_dir)
-  # Chance is 0.5; 300-step smoke runs reached 0.82-0.90 accuracy and ~0.97 AUC on 1000 cells (the
-  # decision point, chosen on validation cells, moves the accuracy more than the ranking).
-  assert best['test/test/accuracy'] > 0.7 and best['test/test/auc'] > 0.85, best
+  # Chance is 0.5. Seeds 0-2: accuracy 0.868, 0.714, 0.856, AUC 0.954, 0.913, 0.944 on 1000 cells. The
+  # decision point, chosen on validation cells, moves the accuracy more than the ranking: the spread is too
+  # wide for a mean-minus-3-SD bound, so these sit just under the worst seed.
+  assert best['test/test/accuracy'] > 0.69 and best['test/test/auc'] > 0.9, best
   assert '50x50 grayscale' in json.loads((workdir / 'results.json').read_text())['data']
 
 
