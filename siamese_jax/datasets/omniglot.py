@@ -269,7 +269,8 @@ def load_splits(data_config) -> dict[str, ImageSet]:
     if not len(split.images):
       raise UserError(f'data.{name}_alphabets/_drawers select no image from {drawings.source}')
     splits[name] = split.image_set()
-  turns, mirrors = data_config.get('train_rotations_as_classes', False), data_config.get('train_mirrors_as_classes', False)
+  turns = data_config.get('train_rotations_as_classes', False)
+  mirrors = data_config.get('train_mirrors_as_classes', False)
   if turns or mirrors:
     splits['train'] = splits['train'].with_symmetries_as_classes(quarter_turns=turns, mirror=mirrors)
   return splits
