@@ -96,7 +96,10 @@ def _quiet_closed_loop_callbacks() -> None:
 
 
 class Manager:
-  """Keeps the latest checkpoint and the one best in `best_metric`.
+  """Keeps the latest checkpoint and the one best in `best_metric` (higher is better), and says which is best.
+
+  The one place that ranks checkpoints: Orbax's `BestN` policy, the training loop (improvement and early
+  stopping), the end of training and the scoring tools all rank by `score`, the later of tied steps winning.
 
   `training`: the run's own manager, which creates the folder and removes the temporary folders that a
   killed save left; tools that only read (evaluate, compare) must not, as a save may be in flight.
@@ -107,16 +110,17 @@ class Manager:
     self.directory = _directory(os.path.abspath(workdir))
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=1),
-        ocp.checkpoint_managers.BestN(get_metric_fn=self._score, n=1, keep_checkpoints_without_metrics=False),
+        ocp.checkpoint_managers.BestN(get_metric_fn=self.score, n=1, keep_checkpoints_without_metrics=False),
     ])
     # best_fn makes Orbax write each checkpoint's metrics beside it (without it they are dropped).
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=self._score, best_mode='max',
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=self.score, best_mode='max',
                                              create=training, cleanup_tmp_directories=training),
         item_handlers=_handlers())
 
-  def _score(self, metrics) -> float:
+  def score(self, metrics: dict) -> float:
+    """What checkpoints are ranked by: `best_metric` in `metrics`, -inf where it is missing or not finite."""
     value = float(metrics.get(self.best_metric, -np.inf))
     return value if math.isfinite(value) else -np.inf
 
@@ -193,10 +197,25 @@ class Manager:
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def best_metrics(self, history: list) -> dict | None:
-    scored = [h for h in history if self.best_metric in h]
-    # The last of tied entries, as Orbax's BestN keeps it.
-    return max(reversed(scored), key=lambda h: h[self.best_metric]) if scored else None
+  def best(self, history: list) -> dict | None:
+    """The entry of `history` whose checkpoint is kept as the best: among the kept steps, the highest score,
+    the later of ties (as `BestN` keeps it); None when no kept step was validated."""
+    kept = set(self.steps())
+    scored = [h for h in history if h.get('step') in kept and self.best_metric in h]
+    return max(reversed(scored), key=self.score) if scored else None
+
+  def best_step(self) -> int | None:
+    """The step of the best checkpoint by the latest one's history, else the latest; None when there is none."""
+    steps = self.steps()
+    if not steps:
+      return None
+    entry = self.best(self.history(max(steps)))
+    return entry['step'] if entry else max(steps)
+
+  def validations_since_best(self, history: list) -> int:
+    """Validations in `history` since the score last improved (ties are no improvement): for early stopping."""
+    scores = [self.score(h) for h in history if self.best_metric in h]
+    return len(scores) - 1 - int(np.argmax(scores)) if scores else 0
 
   def wait(self) -> None:
     with self._write_errors():

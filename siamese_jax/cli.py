@@ -41,6 +41,15 @@ def parse_flags(argv: list[str], tool_flags: flags.FlagValues | None = None) -> 
     sys.exit(f'error: bad --config override: {e}')
 
 
+def checkpoint_choice(value: str) -> str | int:
+  """--checkpoint's value: 'best', 'latest' or a step number."""
+  if value.isdigit():
+    return int(value)
+  if value not in ('best', 'latest'):
+    raise UserError(f'--checkpoint={value}; give best, latest or a step')
+  return value
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
   """Turns a `UserError` into `error: <message>` on stderr and exit status 1, without a traceback."""

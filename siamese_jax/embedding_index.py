@@ -18,10 +18,6 @@ head's best when the positive weights are small, as on dimensions a trained head
 An index on disk is a folder: `CURRENT` names the version folder that holds the complete index
 (`vectors.faiss`, `items.npz`, `index.json`). A version is written in full before `CURRENT` is replaced
 atomically to point at it, so a build or an `add` that is killed leaves either no index or the previous one.
-
-The parts that read image files and trained workdirs import `compare` and `evaluate` where they run: those
-define absl flags (--workdir) that a training process, which imports this module through the evaluators,
-defines itself.
 """
 
 from __future__ import annotations
@@ -40,6 +36,8 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from siamese_jax import datasets, distances, inference
+from siamese_jax.datasets import image_files
 from siamese_jax.errors import UserError
 
 METRICS = ('euclidean', 'cosine', 'weighted_l1')
@@ -90,10 +88,9 @@ class Embedder:
   """A trained workdir's network with the way its image files become inputs, and its `ModelCard`."""
 
   def __init__(self, config, step: int, scorer, workdir: str):
-    from siamese_jax import compare  # pylint: disable=g-import-not-at-top
     self.config = config
     self.scorer = scorer
-    self.form = compare.input_form(config.data)
+    self.form = datasets.input_form(config.data)
     leaves = jax.tree.leaves(scorer.params)
     head = scorer.params.get('head', {}).get('weights', {})
     self.head_weights = np.asarray(head['kernel'])[:, 0] if head else None
@@ -108,8 +105,7 @@ class Embedder:
   @classmethod
   def load(cls, workdir: str, checkpoint: str | int = 'best') -> Embedder:
     """The network of `workdir` at its 'best' or 'latest' checkpoint, or at a step."""
-    from siamese_jax import evaluate  # pylint: disable=g-import-not-at-top
-    config, step, scorer = evaluate.load_trained(workdir, checkpoint)
+    config, step, scorer = inference.load_trained(workdir, checkpoint)
     return cls(config, step, scorer, workdir)
 
   def embed(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
@@ -136,7 +132,6 @@ class Collection:
 
 def split_collection(embedder: Embedder, split: str) -> Collection:
   """A split of the run's own dataset; labels are class names, sources 'split:NAME:POSITION'."""
-  from siamese_jax import datasets  # pylint: disable=g-import-not-at-top  (heavy: TFDS)
   splits = datasets.load_splits(embedder.config.data)
   if split not in splits:
     raise UserError(f'--split={split!r} is not a split of {embedder.config.data.name} ({", ".join(sorted(splits))})')
@@ -152,7 +147,6 @@ def _parent(member: str) -> str:
 
 def file_collection(embedder: Embedder, path: str) -> Collection:
   """Every image file in a folder (recursively) or a zip, sorted; the label is each file's folder name."""
-  from siamese_jax import compare  # pylint: disable=g-import-not-at-top
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as archive:
       members = sorted(m for m in archive.namelist() if m.lower().endswith(IMAGE_SUFFIXES))
@@ -162,12 +156,12 @@ def file_collection(embedder: Embedder, path: str) -> Collection:
     members = sorted(os.path.relpath(os.path.join(root, name), path) for root, _, names in os.walk(path)
                      for name in names if name.lower().endswith(IMAGE_SUFFIXES))
     sources = [os.path.abspath(os.path.join(path, m)) for m in members]
-    images = [compare.read_image(s) for s in sources]
+    images = [image_files.read_image(s) for s in sources]
   else:
     raise UserError(f'--images={path} is neither a folder nor a zip file')
   if not members:
     raise UserError(f'no image files ({", ".join(IMAGE_SUFFIXES)}) in {path}')
-  pixels = np.stack([compare.to_model_input(image, embedder.form) for image in images])
+  pixels = np.stack([image_files.to_model_input(image, embedder.form) for image in images])
   return Collection(pixels, np.array([_parent(m) for m in members]), np.array(sources))
 
 
@@ -181,7 +175,6 @@ def _decode(file, name: str) -> Image.Image:
 
 def read_sources(sources, embedder: Embedder) -> np.ndarray:
   """The model inputs of stored items, read back from their sources (to draw them); blank where there is none."""
-  from siamese_jax import compare, datasets  # pylint: disable=g-import-not-at-top
   splits, images = None, []
   for source in sources:
     if source.startswith('split:'):
@@ -191,9 +184,9 @@ def read_sources(sources, embedder: Embedder) -> np.ndarray:
     elif '!/' in source:
       archive, member = source.split('!/', 1)
       with zipfile.ZipFile(archive) as z:
-        images.append(compare.to_model_input(_decode(z.open(member), source), embedder.form))
+        images.append(image_files.to_model_input(_decode(z.open(member), source), embedder.form))
     elif source:
-      images.append(compare.to_model_input(compare.read_image(source), embedder.form))
+      images.append(image_files.to_model_input(image_files.read_image(source), embedder.form))
     else:
       images.append(np.zeros(embedder.card.image_shape, np.uint8))
   return np.stack(images)
@@ -273,19 +266,18 @@ class Index:
     """Embeddings as faiss holds them (unit length for cosine, abs(w)-scaled for Koch's head)."""
     x = np.ascontiguousarray(embeddings, np.float32)
     if self.metric == 'cosine':
-      x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+      x = distances.unit_length(x)
     elif self.metric == 'weighted_l1':
       x = x * np.abs(self.head_weights)
     return np.ascontiguousarray(x, np.float32)
 
   def _scores(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """The head's similarity of stored queries [M, D] to stored candidates [M, C, D] -> [M, C]."""
-    diff = queries[:, None] - candidates
     if self.metric == 'euclidean':
-      return -np.sqrt(np.maximum(np.sum(diff * diff, axis=-1), 1e-12))
-    if self.metric == 'cosine':
+      return -distances.euclidean(queries[:, None], candidates)
+    if self.metric == 'cosine':  # Stored at unit length: the dot product is the cosine.
       return np.einsum('md,mcd->mc', queries, candidates) - 1.0
-    return np.abs(diff) @ np.sign(self.head_weights) + self.head_bias
+    return np.abs(queries[:, None] - candidates) @ np.sign(self.head_weights) + self.head_bias
 
   def _check_embeddings(self, embeddings) -> np.ndarray:
     embeddings = np.asarray(embeddings, np.float32)

@@ -1,87 +1,93 @@
-"""Scores a trained workdir on Lake et al.'s 20 one-shot runs.
+"""Scores a trained workdir with any evaluator blocks: its config's, or ones given here (Lake runs included).
 
     python -m siamese_jax.evaluate --workdir=DIR --lake_runs=all_runs.zip
+    python -m siamese_jax.evaluate --workdir=DIR --blocks=test_evaluators
+    python -m siamese_jax.evaluate --workdir=DIR --evaluator=kind=oneshot,split=validation,ways=5,shots=1
 
-Uses the best checkpoint on the run's `train.best_metric` (or `--checkpoint=latest`); each query goes
-to the training image it is most similar to, ties broken at random. Prints per-run and overall accuracy
-and writes them to DIR/lake_runs.json.
+Uses the checkpoint that training kept as best (or `--checkpoint=latest` or a step). `--blocks` names the
+run config's evaluator sections or blocks in them ('evaluators', 'test_evaluators.heldout'); `--evaluator`
+gives a block as comma-separated key=value pairs (values are Python literals, else strings);
+`--lake_runs=P` is short for `--evaluator=kind=lake_runs,path=P`. Prints each metric and writes them to
+DIR/evaluation.json.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
-import sys
 
-import jax
-import numpy as np
 from absl import app, flags
 
-from siamese_jax import checkpoints, config_schema, files, inference, lake_runs, models, sharding
+from siamese_jax import cli, files, inference
 from siamese_jax.errors import UserError
 
-flags.DEFINE_string('workdir', None, 'A training workdir (holding config.json and checkpoints/).')
-flags.DEFINE_string('lake_runs', None, 'Folder of runNN/ folders, or all_runs.zip.')
-flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint to score.')
-flags.DEFINE_integer('seed', 0, 'Seed for breaking ties.')
-FLAGS = flags.FLAGS
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'A training workdir (holding config.json and checkpoints/).', flag_values=FLAGS)
+flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step.', flag_values=FLAGS)
+flags.DEFINE_list('blocks', [], "The run config's evaluator blocks to score: 'evaluators', 'test_evaluators', "
+                  "or one block of them, e.g. 'test_evaluators.heldout'.", flag_values=FLAGS)
+flags.DEFINE_multi_string('evaluator', [], 'An evaluator block, e.g. kind=lake_runs,path=all_runs.zip.',
+                          flag_values=FLAGS)
+flags.DEFINE_string('lake_runs', None, 'Folder of runNN/ folders, or all_runs.zip, scored as a lake_runs block.',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Seed of the blocks given here that set none (for breaking ties).', flag_values=FLAGS)
+flags.mark_flag_as_required('workdir', flag_values=FLAGS)
+
+SECTIONS = ('evaluators', 'test_evaluators')
 
 
-def load_trained(workdir: str, which: str | int = 'best'):
-  """(config, step, Scorer) for a workdir's 'best' or 'latest' checkpoint, or the one at step `which`."""
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise UserError(f'{workdir} is not a training workdir (no config.json)')
-  with open(config_path) as f:
-    config = config_schema.from_saved(json.load(f))
-  manager = checkpoints.Manager(workdir, config.train.best_metric)
-  steps = manager.steps()
-  if not steps:
-    raise UserError(f'no checkpoint in {workdir}/checkpoints')
-  step = max(steps)
-  if isinstance(which, int):
-    if which not in steps:
-      raise UserError(f'no checkpoint at step {which} in {workdir}/checkpoints (there are {sorted(steps)})')
-    step = which
-  best = manager.best_metrics(manager.history(step))
-  if which == 'best' and best is not None and best['step'] in steps:
-    step = best['step']
+def _literal(text: str):
   try:
-    params = manager.restore_params(step)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'cannot read the checkpoint at step {step} in {workdir}/checkpoints ({type(e).__name__}: '
-                    f'{str(e).strip().splitlines()[0] if str(e).strip() else ""})') from None
-  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params)):
-    raise UserError(f'the checkpoint at step {step} in {workdir}/checkpoints holds non-finite parameters '
-                    '(the run diverged); it cannot score anything')
-  model = models.build(config.model)
-  return config, step, inference.Scorer.for_config(config, model, params, sharding.data_mesh())
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_block(text: str) -> dict:
+  """'kind=oneshot,ways=5' -> {'kind': 'oneshot', 'ways': 5, 'seed': --seed}."""
+  pairs = [item.split('=', 1) for item in text.split(',') if item.strip()]
+  if any(len(pair) != 2 for pair in pairs):
+    raise UserError(f'--evaluator={text}: give key=value pairs separated by commas')
+  block = {'seed': FLAGS.seed} | {key.strip(): _literal(value.strip()) for key, value in pairs}
+  if 'kind' not in block:
+    raise UserError(f'--evaluator={text}: give its kind, e.g. kind=oneshot')
+  return block
+
+
+def config_blocks(config, names: list[str]) -> dict:
+  """The blocks of the run's config that `--blocks` names."""
+  blocks = {}
+  for name in names:
+    section, _, block = name.partition('.')
+    if section not in SECTIONS or (block and block not in config[section]):
+      known = [f'{s}.{b}' for s in SECTIONS for b in config[s]]
+      raise UserError(f'--blocks={name} is not in the run\'s config; choose from {", ".join(SECTIONS + tuple(known))}')
+    blocks.update({b: config[section][b] for b in ([block] if block else config[section])})
+  return blocks
 
 
 def main(argv):
-  del argv
-  try:
-    if not FLAGS.workdir or not FLAGS.lake_runs:
-      raise UserError('give --workdir and --lake_runs')
-    config, step, scorer = load_trained(FLAGS.workdir, FLAGS.checkpoint)
-    runs = lake_runs.read_runs(FLAGS.lake_runs, image_size=config.data.image_size)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  accuracies = lake_runs.score_runs(scorer, runs, FLAGS.seed)
-  print(f'{FLAGS.workdir} checkpoint at step {step} ({FLAGS.checkpoint}), {len(runs)} runs from {FLAGS.lake_runs}')
-  for run, accuracy in zip(runs, accuracies):
-    print(f'{run.name}  {accuracy * 100:5.1f}%')
-  overall = float(np.mean(accuracies))
-  print(f'overall  {overall * 100:5.1f}%  (error {100 - overall * 100:.1f}%)')
-  path = os.path.join(FLAGS.workdir, 'lake_runs.json')
-  try:
-    files.write_text(path, json.dumps(
-        {'step': step, 'runs': dict(zip([r.name for r in runs], accuracies)), 'overall': overall}, indent=1))
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  with cli.user_errors():
+    given = [parse_block(text) for text in FLAGS.evaluator]
+    if FLAGS.lake_runs:
+      given.append(parse_block(f'kind=lake_runs,path={FLAGS.lake_runs}'))
+    if not given and not FLAGS.blocks:
+      raise UserError('give what to score: --lake_runs, --evaluator or --blocks')
+    config, step, scorer = inference.load_trained(FLAGS.workdir, cli.checkpoint_choice(FLAGS.checkpoint))
+    blocks = config_blocks(config, FLAGS.blocks)
+    for number, block in enumerate(given, 1):
+      blocks[block['kind'] if block['kind'] not in blocks else f'{block["kind"]}_{number}'] = block
+    metrics = inference.evaluate(config, scorer, blocks)
+    print(f'{FLAGS.workdir}: checkpoint at step {step} ({FLAGS.checkpoint})')
+    for key, value in metrics.items():
+      print(f'{key}  {value:.4f}')
+    path = os.path.join(FLAGS.workdir, 'evaluation.json')
+    files.write_text(path, json.dumps({'step': step, 'metrics': metrics}, indent=1))
+  print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, FLAGS))

@@ -5,10 +5,11 @@
     python -m siamese_jax.index query --index=INDEX --image=a.png [--k=10] [--out=neighbours.png]
 
 `build` embeds every image with the workdir's best checkpoint (or `--checkpoint`) and writes the index
-folder (see `embedding_index`); image files are read as `compare` reads them, and labelled by the name of
-the folder they are in. `add` embeds more images with the model that built the index; `query` prints the k
-best items with the network's similarity (higher = more alike). `--workdir` with `add` or `query` names
-where the building workdir is now, if it moved; a different model is refused.
+folder (see `embedding_index`); image files are read as the run's dataset reads its own
+(`datasets.input_form`), and labelled by the name of the folder they are in. `add` embeds more images with
+the model that built the index; `query` prints the k best items with the network's similarity (higher =
+more alike). `--workdir` with `add` or `query` names where the building workdir is now, if it moved; a
+different model is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 
 from absl import app, flags
 
-from siamese_jax import cli, compare, embedding_index, plots
+from siamese_jax import cli, embedding_index, plots
+from siamese_jax.datasets import image_files
 from siamese_jax.errors import UserError
 
 COMMANDS = ('build', 'add', 'query')
@@ -59,10 +61,7 @@ def build():
     raise UserError('build needs --workdir and --out')
   if os.path.exists(os.path.join(FLAGS.out, 'CURRENT')):
     raise UserError(f'{FLAGS.out} already holds an index; add to it with `add --index={FLAGS.out}`')
-  checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
-  if checkpoint not in ('best', 'latest') and not isinstance(checkpoint, int):
-    raise UserError(f'--checkpoint={FLAGS.checkpoint}; give best, latest or a step')
-  embedder = embedding_index.Embedder.load(FLAGS.workdir, checkpoint)
+  embedder = embedding_index.Embedder.load(FLAGS.workdir, cli.checkpoint_choice(FLAGS.checkpoint))
   collection = _collection(embedder)
   index = embedding_index.build(embedder, collection, FLAGS.kind)
   index.save(FLAGS.out)
@@ -82,9 +81,9 @@ def add():
 def query():
   if not FLAGS.image:
     raise UserError('query needs --image')
-  image = compare.read_image(FLAGS.image)  # before the slower model load
+  image = image_files.read_image(FLAGS.image)  # before the slower model load
   index = _loaded()
-  pixels = compare.to_model_input(image, index.get_embedder().form)
+  pixels = image_files.to_model_input(image, index.get_embedder().form)
   found = index.search(pixels[None], min(FLAGS.k, len(index)))
   print(f'{FLAGS.image}: the {len(found.ids[0])} nearest of {len(index)} items in {FLAGS.index}')
   print('rank  id  score  label  source')

@@ -1,19 +1,22 @@
-"""A trained network as two functions: embed images, compare embeddings.
+"""A trained network as two functions: embed images, compare embeddings; and loading one from its workdir.
 
-Evaluators, the Lake-run CLI and the pair tools (show_pairs, compare) all go through `Scorer`, so images are
-preprocessed one way everywhere and each image is embedded once.
+Evaluators, the command-line tools (evaluate, show_pairs, compare, index) and the embedding database all go
+through `Scorer`, so images are preprocessed one way everywhere and each image is embedded once.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from siamese_jax import augment, models, sharding
+from siamese_jax import augment, checkpoints, config_schema, datasets, distances, evaluators, models, sharding
 from siamese_jax.errors import UserError
 
 
@@ -47,7 +50,7 @@ class Scorer:
       views = jnp.concatenate(augment.dihedral_views(x))
       embeddings = model.apply({'params': params}, views, method=models.SiameseNet.embed)
       mean = embeddings.reshape((8,) + x.shape[:1] + embeddings.shape[1:]).mean(axis=0)
-      return models.unit_length(mean) if model.normalize else mean
+      return distances.unit_length(mean) if model.normalize else mean
 
     @jax.jit
     def similarity(params, e1, e2):
@@ -83,6 +86,81 @@ class Scorer:
     """Scores of embedding pairs; e1 and e2 broadcast against each other on their leading axes."""
     e1, e2 = jnp.broadcast_arrays(jnp.asarray(e1), jnp.asarray(e2))
     return np.asarray(self._similarity(self.params, e1, e2))
+
+
+def load_trained(workdir: str, which: str | int = 'best'):
+  """(config, step, Scorer) for a workdir's 'best' or 'latest' checkpoint, or the one at step `which`.
+
+  'best' is the checkpoint that training kept as best (`checkpoints.Manager.best_step`).
+  """
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise UserError(f'{workdir} is not a training workdir (no config.json)')
+  with open(config_path) as f:
+    config = config_schema.from_saved(json.load(f))
+  manager = checkpoints.Manager(workdir, config.train.best_metric)
+  steps = manager.steps()
+  if not steps:
+    raise UserError(f'no checkpoint in {workdir}/checkpoints')
+  if which == 'best':
+    step = manager.best_step()
+  elif which == 'latest':
+    step = max(steps)
+  elif which in steps:
+    step = which
+  else:
+    raise UserError(f'no checkpoint at step {which} in {workdir}/checkpoints (there are {sorted(steps)})')
+  try:
+    params = manager.restore_params(step)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'cannot read the checkpoint at step {step} in {workdir}/checkpoints ({type(e).__name__}: '
+                    f'{str(e).strip().splitlines()[0] if str(e).strip() else ""})') from None
+  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params)):
+    raise UserError(f'the checkpoint at step {step} in {workdir}/checkpoints holds non-finite parameters '
+                    '(the run diverged); it cannot score anything')
+  model = models.build(config.model)
+  return config, step, Scorer.for_config(config, model, params, sharding.data_mesh())
+
+
+def score_pairs(scorer: Scorer, pairs: np.ndarray) -> np.ndarray:
+  """Similarity (higher = more alike) of each pair of uint8 images [N, 2, H, W, C] -> float [N]."""
+  embeddings = scorer.embed(pairs.reshape((-1,) + pairs.shape[2:]))
+  return scorer.similarity(embeddings[0::2], embeddings[1::2])
+
+
+class _SplitsOnDemand(Mapping):
+  """A run's splits, loaded when an evaluator first asks for one: Lake runs read from disk need none."""
+
+  def __init__(self, data_config):
+    self._data_config = data_config
+    self._splits = None
+
+  def _loaded(self) -> dict:
+    if self._splits is None:
+      self._splits = datasets.load_splits(self._data_config)
+    return self._splits
+
+  def __getitem__(self, name):
+    return self._loaded()[name]
+
+  def __iter__(self):
+    return iter(self._loaded())
+
+  def __len__(self) -> int:
+    return len(self._loaded())
+
+
+def evaluate(config, scorer: Scorer, blocks) -> dict[str, float]:
+  """The metrics of evaluator `blocks` (name -> block, as in `config.evaluators`) on a run trained with
+  `config`, each prefixed with its block's name.
+
+  Lake runs read from disk (`path`) are read at the model's input size, so they need no dataset.
+  """
+  blocks = {name: dict(block) for name, block in blocks.items()}
+  for block in blocks.values():
+    if block.get('kind') == 'lake_runs' and block.get('path') and not block.get('image_size'):
+      block['image_size'] = datasets.input_form(config.data).size
+  return evaluators.run_all(evaluators.build_all(blocks, _SplitsOnDemand(config.data)), scorer)
 
 
 def pick_with_random_ties(rng: np.random.Generator, scores: np.ndarray) -> np.ndarray:

@@ -18,14 +18,14 @@ import os
 import pathlib
 import re
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from PIL import Image
 
 from siamese_jax import inference
 from siamese_jax.datasets.omniglot import ORIGINAL_SIZE, Drawings, decode_png
 from siamese_jax.errors import UserError
+from siamese_jax.evaluators import oneshot
 
 _LABELS = re.compile(r'(?:^|/)(?P<run>run\d+)/class_labels\.txt$')
 
@@ -114,32 +114,6 @@ def _decode(files: Mapping[str, Callable[[], bytes]], where: str, name: str, siz
     raise UserError(f'{where}: cannot decode {name} ({error})') from error
 
 
-def write_runs(out_dir: str | os.PathLike, runs: Sequence[LakeRun]) -> None:
-  """Writes `runs` in Lake's format: 1-bit PNGs, black strokes on white, binarised at 128.
-
-  Refuses a non-empty `out_dir` so that no stale run from an earlier write is left beside the new ones.
-  """
-  root = pathlib.Path(out_dir).expanduser()
-  if root.exists() and any(root.iterdir()):
-    raise UserError(f'{root} is not empty; write one-shot runs into a new folder')
-  for run in runs:
-    support_names = _write_images(root / run.name / 'training', 'class', run.support)
-    query_names = _write_images(root / run.name / 'test', 'item', run.queries)
-    lines = (f'{run.name}/test/{query} {run.name}/training/{support_names[answer]}\n'
-             for query, answer in zip(query_names, run.answers))
-    (root / run.name / 'class_labels.txt').write_text(''.join(lines))
-
-
-def _write_images(folder: pathlib.Path, prefix: str, images: np.ndarray) -> list[str]:
-  """Writes prefixNN.png files, zero-padded so that name order is image order; returns their names."""
-  folder.mkdir(parents=True)
-  width = max(2, len(str(len(images))))
-  names = [f'{prefix}{i + 1:0{width}d}.png' for i in range(len(images))]
-  for name, image in zip(names, images):
-    Image.fromarray(image[..., 0] < 128).save(folder / name)  # True is white in a 1-bit image.
-  return names
-
-
 def make_runs(drawings: Drawings, num_runs: int = 20, ways: int = 20, seed: int = 0) -> list[LakeRun]:
   """Draws runs the way Lake et al. did: per run, one alphabet, `ways` characters, two drawers.
 
@@ -180,13 +154,14 @@ def make_runs(drawings: Drawings, num_runs: int = 20, ways: int = 20, seed: int 
 def score_runs(scorer: inference.Scorer, runs, seed: int = 0) -> list[float]:
   """Accuracy of each run: the fraction of queries matched to their own class's training image.
 
-  Every image of every run is embedded in one pass (the tower is the cost; the head is cheap).
+  Every image of every run is embedded in one pass (the tower is the cost; the head is cheap); each query
+goes to a class as in the one-shot evaluator (`oneshot.choose_classes`).
   """
   rng = np.random.default_rng(seed)
   parts = [images for run in runs for images in (run.support, run.queries)]
   embeddings = np.split(scorer.embed(np.concatenate(parts)), np.cumsum([len(p) for p in parts])[:-1])
   accuracies = []
   for run, support, queries in zip(runs, embeddings[0::2], embeddings[1::2]):
-    scores = scorer.similarity(queries[:, None, :], support[None, :, :])  # [Q, W]
-    accuracies.append(float(np.mean(inference.pick_with_random_ties(rng, scores) == run.answers)))
+    chosen = oneshot.choose_classes(scorer, rng, queries, support[:, None])  # one shot per class
+    accuracies.append(float(np.mean(chosen == run.answers)))
   return accuracies

@@ -23,45 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from siamese_jax import models
+from siamese_jax.distances import gram, pairwise_distances, unit_length
 from siamese_jax.errors import UserError
 
 MINING = ('batch_all', 'batch_hard', 'semi_hard')
-
-
-def _safe_sqrt(x: jax.Array) -> jax.Array:
-  """sqrt whose gradient is 0 rather than inf/NaN where x is 0 (identical embeddings)."""
-  positive = x > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
-
-
-def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
-  # Full float32 precision: the |x|^2 - 2xy + |y|^2 expansion cancels badly at reduced precision.
-  return jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
-
-
-def _finish(squared_distances: jax.Array, squared: bool) -> jax.Array:
-  squared_distances = jnp.maximum(squared_distances, 0.0)  # Rounding can push the expansion below 0.
-  return squared_distances if squared else _safe_sqrt(squared_distances)
-
-
-def cross_distances(x: jax.Array, y: jax.Array, squared: bool = False) -> jax.Array:
-  """Euclidean distances [M, N] between the rows of x [M, D] and y [N, D], safe to differentiate."""
-  d2 = jnp.sum(x * x, -1)[:, None] - 2.0 * _gram(x, y) + jnp.sum(y * y, -1)[None, :]
-  return _finish(d2, squared)
-
-
-def pairwise_distances(embeddings: jax.Array, squared: bool = False) -> jax.Array:
-  """Euclidean distances [B, B] between all rows of embeddings [B, D], exactly 0 on the diagonal.
-
-  Norms are read off the Gram matrix's diagonal so that identical rows cancel exactly, and the
-  square root is safe at 0, so gradients stay finite when embeddings collapse.
-  """
-  gram = _gram(embeddings, embeddings)
-  norms = jnp.diagonal(gram)
-  d2 = norms[:, None] - 2.0 * gram + norms[None, :]
-  d2 = jnp.where(jnp.eye(len(embeddings), dtype=bool), 0.0, d2)
-  return _finish(d2, squared)
 
 
 def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -95,9 +60,9 @@ def instance_discrimination(views1: jax.Array, views2: jax.Array, temperature: f
   Class labels play no part: the term spreads the embedding over the sphere and keeps what tells two
   images apart even within a class, which classes unseen in training need.
   """
-  z = models.unit_length(jnp.concatenate([views1, views2]))
+  z = unit_length(jnp.concatenate([views1, views2]))
   n = len(views1)
-  logits = _gram(z, z) / temperature
+  logits = gram(z, z) / temperature
   logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
   partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from siamese_jax import distances
 from siamese_jax.errors import UserError
 
 Dtype = Any
@@ -203,8 +204,7 @@ class EuclideanHead(nn.Module):
   output_kind = 'distance'
 
   def __call__(self, e1, e2):
-    diff = (e1 - e2).astype(jnp.float32)
-    return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), 1e-12))
+    return distances.euclidean(e1.astype(jnp.float32), e2.astype(jnp.float32))
 
 
 class CosineHead(nn.Module):
@@ -213,16 +213,7 @@ class CosineHead(nn.Module):
   output_kind = 'distance'
 
   def __call__(self, e1, e2):
-    e1 = e1.astype(jnp.float32)
-    e2 = e2.astype(jnp.float32)
-    cos = jnp.sum(e1 * e2, -1) / jnp.maximum(jnp.linalg.norm(e1, axis=-1) * jnp.linalg.norm(e2, axis=-1),
-                                             1e-12)
-    return 1.0 - cos
-
-
-def unit_length(embeddings: jax.Array) -> jax.Array:
-  """Embeddings [..., D] scaled to unit Euclidean length (zero vectors stay zero)."""
-  return embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    return distances.cosine_distance(e1.astype(jnp.float32), e2.astype(jnp.float32))
 
 
 class SiameseNet(nn.Module):
@@ -237,7 +228,7 @@ class SiameseNet(nn.Module):
   def embed(self, images):
     """Images (float, [N, H, W, C]) -> embeddings [N, D] in float32 (unit length if `normalize`)."""
     embeddings = self.encoder(images).astype(jnp.float32)
-    return unit_length(embeddings) if self.normalize else embeddings
+    return distances.unit_length(embeddings) if self.normalize else embeddings
 
   def compare(self, e1, e2):
     """The head's raw output for embedding pairs: a logit or a distance (see `output_kind`)."""

@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from siamese_jax import cli, compare, config_schema, datasets, evaluate, plots, samplers
+from siamese_jax import cli, config_schema, datasets, inference, plots, samplers
 from siamese_jax.datasets import ImageSet
 from siamese_jax.errors import UserError
 
@@ -50,7 +50,7 @@ def main(argv):
   with cli.user_errors():
     config, scorer = FLAGS.config, None
     if FLAGS.workdir:
-      trained, step, scorer = evaluate.load_trained(FLAGS.workdir, FLAGS.checkpoint)
+      trained, step, scorer = inference.load_trained(FLAGS.workdir, FLAGS.checkpoint)
       config = config or trained
     if config is None:
       raise UserError('give --config (a task config) or --workdir (a trained run)')
@@ -63,11 +63,11 @@ def main(argv):
     pairs, labels = draw_pairs(image_set, config.batch, FLAGS.rows * FLAGS.cols, FLAGS.seed)
     title, scores = f'{config.data.name} {FLAGS.split}', None
     if scorer is not None:
-      form = compare.input_form(trained.data)
+      form = datasets.input_form(trained.data)
       if image_set.image_shape != (form.size, form.size, form.channels):
         raise UserError(f'{FLAGS.split} images are {image_set.image_shape} but the model in {FLAGS.workdir} '
                         f'takes {(form.size, form.size, form.channels)}; set --config.data.image_size')
-      scores = compare.score_pairs(scorer, pairs)
+      scores = inference.score_pairs(scorer, pairs)
       title += f', similarity of the model at step {step}'
     try:
       path = plots.pair_montage(FLAGS.out, pairs[:, 0], pairs[:, 1], labels, scores, FLAGS.rows, FLAGS.cols,

@@ -292,8 +292,6 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
   scorer = inference.Scorer.for_config(config, model, state.eval_params, mesh)
   schedule = learning_rate_schedule(config.optimizer)
   num_steps = config.train.num_steps
-  best = manager.best_metrics(history)
-  stale = _validations_since_best(history, config.train.best_metric)
   sums, count, last_time, last_step = None, 0, time.perf_counter(), start_step
   # Training seconds (validation included) since step 0, carried over a resume: time to an accuracy.
   elapsed_before = history[-1].get('elapsed_s', 0.0) if history else 0.0
@@ -356,23 +354,16 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       manager.wait()
       logging.warning('stopped by %s at step %d, checkpoint saved in %s: run the same command to resume',
                       notice.signal_name, step, manager.directory)
-      return dict(best or {})
-    if eval_step:
-      current = eval_metrics.get(config.train.best_metric)
-      if current is not None and (best is None or current > best.get(config.train.best_metric, -np.inf)):
-        best, stale = entry, 0
-      else:
-        stale += 1
-      if config.train.patience and stale >= config.train.patience:
-        stop_reason = (f'early stop: {config.train.best_metric} did not improve for {stale} validations '
-                       f'(best {best[config.train.best_metric]:.4f})')
-        break
+      return dict(manager.best(history) or {})
+    stale = manager.validations_since_best(history) if eval_step else 0
+    if config.train.patience and stale >= config.train.patience:
+      stop_reason = (f'early stop: {config.train.best_metric} did not improve for {stale} validations '
+                     f'(best {max(map(manager.score, history)):.4f})')
+      break
 
   manager.wait()
   logging.info('training finished at step %d: %s', step, stop_reason)
-  # Orbax keeps the latest and the best; on tied scores the best kept may be a later step.
-  kept = set(manager.steps())
-  best = dict(manager.best_metrics([h for h in history if h['step'] in kept]) or {})
+  best = dict(manager.best(history) or {})
   if test_evals:
     best_step = best.get('step', step)
     params = (state if best_step == step else manager.restore(state, best_step)[0]).eval_params
@@ -447,13 +438,6 @@ def _write_results(workdir, step, minutes, results, source):
   for name, row in rows.items():
     lines.append(f'| {name} | ' + ' | '.join(f'{row[c]:.4f}' if c in row else '' for c in columns) + ' |')
   files.write_text(os.path.join(workdir, 'results.md'), '\n'.join(lines) + '\n')
-
-
-def _validations_since_best(history, metric):
-  values = [h.get(metric) for h in history if metric in h]
-  if not values:
-    return 0
-  return len(values) - 1 - int(np.argmax(values))
 
 
 def _write_history(workdir, history):

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import lake_format
 import pytest
 from conftest import synthetic_image_set
 
@@ -232,7 +233,7 @@ def test_lake_runs_evaluator_reads_published_runs(tmp_path):
   from siamese_jax import lake_runs  # pylint: disable=g-import-not-at-top
   split = lake_split(size=8)
   runs = lake_runs.make_runs(omniglot.Drawings.from_image_set(split), num_runs=2, ways=5, seed=1)
-  lake_runs.write_runs(tmp_path / 'runs', runs)
+  lake_format.write_runs(tmp_path / 'runs', runs)
   evaluator = evaluators.build('lake', {'kind': 'lake_runs', 'path': str(tmp_path / 'runs')}, {'train': split})
   assert [run.name for run in evaluator.run_sets[0]] == ['run01', 'run02']
   assert evaluator(PixelScorer())['accuracy'] == 1.0

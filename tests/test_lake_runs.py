@@ -4,6 +4,7 @@ import zipfile
 
 import chex
 import numpy as np
+import lake_format
 import pytest
 from PIL import Image
 
@@ -81,7 +82,7 @@ def test_make_runs_needs_enough_characters_and_drawers(drawings):
 
 
 def test_write_then_read_round_trip(runs, tmp_path):
-  lake_runs.write_runs(tmp_path / 'runs', runs)
+  lake_format.write_runs(tmp_path / 'runs', runs)
   written = Image.open(tmp_path / 'runs' / 'run01' / 'training' / 'class01.png')
   assert written.mode == '1' and written.getpixel((SIZE - 1, SIZE - 1))  # Black strokes on white.
   first_line = (tmp_path / 'runs' / 'run01' / 'class_labels.txt').read_text().splitlines()[0]
@@ -94,7 +95,7 @@ def test_write_then_read_round_trip(runs, tmp_path):
 
 @pytest.mark.parametrize('top_folder', ['', 'all_runs/'])
 def test_read_runs_from_zip(runs, tmp_path, top_folder):
-  lake_runs.write_runs(tmp_path / 'runs', runs[:2])
+  lake_format.write_runs(tmp_path / 'runs', runs[:2])
   with zipfile.ZipFile(tmp_path / 'all_runs.zip', 'w') as archive:
     for path in sorted((tmp_path / 'runs').rglob('*')):
       archive.write(path, top_folder + path.relative_to(tmp_path / 'runs').as_posix())
@@ -104,16 +105,10 @@ def test_read_runs_from_zip(runs, tmp_path, top_folder):
 
 
 def test_read_runs_resizes(runs, tmp_path):
-  lake_runs.write_runs(tmp_path, runs[:1])
+  lake_format.write_runs(tmp_path, runs[:1])
   (run,) = lake_runs.read_runs(tmp_path, image_size=16)
   chex.assert_shape([run.support, run.queries], (20, 16, 16, 1))
   assert run.support.dtype == np.uint8 and run.support.max() > 0
-
-
-def test_write_runs_refuses_a_non_empty_folder(runs, tmp_path):
-  (tmp_path / 'note.txt').write_text('keep me')
-  with pytest.raises(UserError, match='not empty'):
-    lake_runs.write_runs(tmp_path, runs[:1])
 
 
 def break_labels_line(run_dir):
@@ -142,7 +137,7 @@ def corrupt_image(run_dir):
     (corrupt_image, 'cannot decode run01/test/item03.png'),
 ])
 def test_damaged_runs_are_user_errors(runs, tmp_path, damage, message):
-  lake_runs.write_runs(tmp_path, runs[:1])
+  lake_format.write_runs(tmp_path, runs[:1])
   damage(tmp_path / 'run01')
   with pytest.raises(UserError, match=message):
     lake_runs.read_runs(tmp_path, image_size=SIZE)

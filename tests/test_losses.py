@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from siamese_jax import losses
+from siamese_jax import distances, losses
 from siamese_jax.errors import UserError
 
 
@@ -103,7 +103,7 @@ class DistancesTest(chex.TestCase):
   @parameterized.parameters(False, True)
   def test_pairwise_matches_numpy_and_zero_diagonal(self, squared):
     embeddings, _ = random_batch(4, size=7, dim=5)
-    d = self.variant(functools.partial(losses.pairwise_distances, squared=squared))(embeddings)
+    d = self.variant(functools.partial(distances.pairwise_distances, squared=squared))(embeddings)
     chex.assert_shape(d, (7, 7))
     chex.assert_trees_all_close(d, np_distances(embeddings, embeddings, squared), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.diagonal(d), 0.0)
@@ -111,12 +111,12 @@ class DistancesTest(chex.TestCase):
   def test_cross_matches_numpy(self):
     x, _ = random_batch(5, size=3, dim=6)
     y, _ = random_batch(6, size=8, dim=6)
-    d = losses.cross_distances(x, y)
+    d = distances.cross_distances(x, y)
     chex.assert_shape(d, (3, 8))
     chex.assert_trees_all_close(d, np_distances(x, y), rtol=1e-5, atol=1e-5)
 
   def test_gradient_finite_at_identical_embeddings(self):
-    grad = jax.grad(lambda e: jnp.sum(losses.pairwise_distances(e)))(jnp.ones((3, 4)))
+    grad = jax.grad(lambda e: jnp.sum(distances.pairwise_distances(e)))(jnp.ones((3, 4)))
     chex.assert_tree_all_finite(grad)
     chex.assert_trees_all_close(grad, jnp.zeros((3, 4)))
 
@@ -161,7 +161,7 @@ class PairLossTest(chex.TestCase):
 
   def test_pair_losses_have_finite_grads_at_zero_distance(self):
     grads = jax.grad(
-        lambda x: losses.contrastive(losses.pairwise_distances(x)[0, 1:], jnp.array([1, 0]), 1.0)
+        lambda x: losses.contrastive(distances.pairwise_distances(x)[0, 1:], jnp.array([1, 0]), 1.0)
     )(jnp.zeros((3, 2)))
     chex.assert_tree_all_finite(grads)
 

@@ -1,4 +1,5 @@
-"""The pair tools: show_pairs draws training's pairs, compare scores two image files with a trained run."""
+"""The tools on a trained run: show_pairs draws training's pairs, compare scores two image files, evaluate
+scores evaluator blocks; all agree with training on which checkpoint is best."""
 
 import json
 import math
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import chex
+import lake_format
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,8 +20,9 @@ from conftest import REPO, synthetic_image_set
 from PIL import Image
 from test_train import tiny_config
 
-from siamese_jax import cli, compare, datasets, models, plots, show_pairs, train
-from siamese_jax.datasets import omniglot
+from siamese_jax import checkpoints, cli, compare, datasets, evaluate, evaluators, inference, lake_runs, models
+from siamese_jax import plots, show_pairs, train
+from siamese_jax.datasets import image_files, omniglot
 from siamese_jax.errors import UserError
 
 CONFIG = str(REPO / 'configs' / 'omniglot.py')
@@ -43,8 +46,9 @@ def workdir_config():
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, splits):
-  """A run trained for four steps on the synthetic splits (16 px, named omniglot: files are inverted).
+def trained_run(tmp_path_factory, splits):
+  """A run trained for four steps on the synthetic splits (16 px, named omniglot: files are inverted), and
+  what training returned.
 
   Its two validations are given the scores 0.9 and 0.5, so the best checkpoint (step 2) is not the latest
   (step 4): the tools must use the best.
@@ -54,8 +58,13 @@ def workdir(tmp_path_factory, splits):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(datasets, 'load_splits', lambda data_config: splits)
     patch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
-    train.train_and_evaluate(workdir_config(), path)
-  return path
+    best = train.train_and_evaluate(workdir_config(), path)
+  return path, best
+
+
+@pytest.fixture(scope='module')
+def workdir(trained_run):
+  return trained_run[0]
 
 
 def best_checkpoint_similarity(workdir):
@@ -172,17 +181,17 @@ def test_compare_reads_files_as_the_omniglot_loader_does(tmp_path):
   drawing = np.where(rng.random((105, 105)) > 0.9, 0, 255).astype(np.uint8)
   path = tmp_path / 'drawing.png'
   Image.fromarray(drawing).save(path)
-  form = compare.input_form(ml_collections.ConfigDict({'name': 'omniglot', 'image_size': 32}))
-  chex.assert_trees_all_equal(compare.to_model_input(compare.read_image(str(path)), form),
+  form = datasets.input_form(ml_collections.ConfigDict({'name': 'omniglot', 'image_size': 32}))
+  chex.assert_trees_all_equal(image_files.to_model_input(image_files.read_image(str(path)), form),
                               omniglot.decode_png(path.read_bytes(), 32))
 
 
 def test_compare_input_form_by_dataset():
-  form = lambda **data: compare.input_form(ml_collections.ConfigDict(data))
-  assert form(name='mnist') == compare.InputForm(28, 1, invert=False)
+  form = lambda **data: datasets.input_form(ml_collections.ConfigDict(data))
+  assert form(name='mnist') == image_files.InputForm(28, 1, invert=False)
   assert form(name='cifar100').channels == 3
-  assert form(name='malaria', image_size=64, channels=3) == compare.InputForm(64, 3, invert=False)
-  with pytest.raises(UserError, match='image_size'):
+  assert form(name='malaria', image_size=64, channels=3) == image_files.InputForm(64, 3, invert=False)
+  with pytest.raises(UserError, match='unknown'):
     form(name='unknown')
 
 
@@ -190,8 +199,8 @@ def test_compare_fills_transparency_with_the_dataset_background():
   """A dark stroke on a transparent background reads like the same stroke on white paper."""
   rgba = np.zeros((8, 8, 4), np.uint8)
   rgba[2:6, 3, 3] = 255  # an opaque black stroke; elsewhere transparent black
-  form = compare.InputForm(8, 1, invert=True)
-  image = compare.to_model_input(Image.fromarray(rgba, 'RGBA'), form)
+  form = image_files.InputForm(8, 1, invert=True)
+  image = image_files.to_model_input(Image.fromarray(rgba, 'RGBA'), form)
   expected = np.zeros((8, 8, 1), np.uint8)
   expected[2:6, 3] = 255
   chex.assert_trees_all_equal(image, expected)
@@ -230,3 +239,66 @@ def test_compare_command_line_error_exits_nonzero_with_only_that_line(tmp_path):
   assert result.returncode != 0
   assert result.stderr == f'error: {tmp_path / "notes.png"} is not an image file that Pillow can read\n'
   assert not (tmp_path / 'c.png').exists()
+
+
+def test_training_and_the_tools_agree_on_the_best_checkpoint(trained_run):
+  path, best = trained_run
+  manager = checkpoints.Manager(path, workdir_config().train.best_metric)
+  assert best['step'] == manager.best_step() == inference.load_trained(path)[1] == 2
+  assert inference.load_trained(path, 'latest')[1] == 4
+
+
+def test_evaluate_scores_lake_runs_without_the_dataset(tmp_path, monkeypatch, capsys, workdir, splits):
+  """Runs on disk are read at the model's input size, so the run's dataset is never loaded."""
+  images, labels = splits['validation'].images, splits['validation'].labels
+  support = np.stack([images[np.flatnonzero(labels == c)[0]] for c in range(5)])
+  queries = np.stack([images[np.flatnonzero(labels == c)[1]] for c in (3, 0, 4, 1, 2, 2)])
+  answers = np.array([3, 0, 4, 1, 2, 2], np.int32)
+  lake_format.write_runs(tmp_path / 'runs', [lake_runs.LakeRun('run01', support, queries, answers)])
+  monkeypatch.setattr(datasets, 'load_splits', lambda data_config: pytest.fail('the dataset was loaded'))
+  run_main(evaluate, monkeypatch, f'--workdir={workdir}', f'--lake_runs={tmp_path / "runs"}')
+  assert 'checkpoint at step 2 (best)' in capsys.readouterr().out
+  similarity = best_checkpoint_similarity(workdir)  # the best checkpoint's, read with Orbax directly
+  scores = similarity(np.repeat(queries, 5, axis=0), np.tile(support, (6, 1, 1, 1))).reshape(6, 5)
+  chosen = np.argmax(scores, axis=1)
+  written = json.loads(open(os.path.join(workdir, 'evaluation.json')).read())
+  assert written['step'] == 2
+  assert written['metrics']['lake_runs/accuracy'] == pytest.approx(np.mean(chosen == answers))
+
+
+def test_evaluate_scores_a_oneshot_block_and_the_configs_blocks(monkeypatch, capsys, workdir, splits):
+  block = dict(kind='oneshot', split='validation', ways=4, shots=1, episodes=10, seed=3)
+  run_main(evaluate, monkeypatch, f'--workdir={workdir}', '--evaluator=kind=oneshot,split=validation,ways=4,'
+           'shots=1,episodes=10,seed=3', '--blocks=evaluators')
+  printed = capsys.readouterr().out
+  config, _, scorer = inference.load_trained(workdir)
+  expected = evaluators.run_all(evaluators.build_all({'oneshot': block}, splits), scorer)['oneshot/accuracy']
+  metrics = json.loads(open(os.path.join(workdir, 'evaluation.json')).read())['metrics']
+  assert metrics['oneshot_2/accuracy'] == pytest.approx(expected)  # the config's block is named oneshot
+  assert set(metrics) >= {f'{name}/accuracy' for name in config.evaluators} and 'oneshot_2/accuracy' in printed
+
+
+@pytest.mark.parametrize('args,fragment', [
+    ((), 'give what to score'),
+    (('--blocks=tests',), 'is not in the run\'s config'),
+    (('--evaluator=ways=5',), 'give its kind'),
+    (('--evaluator=kind=oneshot', '--checkpoint=first'), '--checkpoint=first'),
+    (('--lake_runs=/nowhere',), 'not found at /nowhere'),
+])
+def test_evaluate_bad_input_is_one_line(monkeypatch, workdir, args, fragment):
+  with pytest.raises(SystemExit) as exit_info:
+    run_main(evaluate, monkeypatch, f'--workdir={workdir}', *args)
+  assert_one_line_error(exit_info, fragment)
+
+
+@pytest.mark.parametrize('tool,args', [
+    ('evaluate', ['--lake_runs=runs']),
+    ('compare', ['--image_a=a.png', '--image_b=b.png']),
+    ('show_pairs', []),
+    ('index', ['build', '--split=train', '--out=db']),
+])
+def test_every_tool_exits_1_with_one_error_line(tmp_path, tool, args):
+  result = subprocess.run([sys.executable, '-m', f'siamese_jax.{tool}', f'--workdir={tmp_path}', *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr == f'error: {tmp_path} is not a training workdir (no config.json)\n'

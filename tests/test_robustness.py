@@ -24,7 +24,7 @@ import optax
 import pytest
 from test_train import synthetic_splits, tiny_config  # noqa: F401  (a fixture)
 
-from siamese_jax import checkpoints, config_schema, evaluate, files, models, plots, preemption, train
+from siamese_jax import checkpoints, config_schema, files, inference, models, plots, preemption, train
 from siamese_jax.errors import UserError
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -214,7 +214,7 @@ def test_scoring_tools_refuse_non_finite_parameters(tmp_path):
   manager.save(3, state, {}, [])
   manager.close()
   with pytest.raises(UserError, match='checkpoint at step 3 .* holds non-finite parameters'):
-    evaluate.load_trained(str(tmp_path))
+    inference.load_trained(str(tmp_path))
 
 
 def test_unreadable_checkpoint_is_one_error_for_the_scoring_tools(tmp_path):
@@ -225,7 +225,7 @@ def test_unreadable_checkpoint_is_one_error_for_the_scoring_tools(tmp_path):
   manager.close()
   os.remove(tmp_path / 'checkpoints' / '3' / 'state' / '_METADATA')
   with pytest.raises(UserError, match=r'cannot read the checkpoint at step 3 in \S+ \(\w+'):
-    evaluate.load_trained(str(tmp_path))
+    inference.load_trained(str(tmp_path))
 
 
 def test_workdir_that_is_a_file_is_refused_before_training(tmp_path, synthetic_splits):
@@ -306,12 +306,12 @@ def test_stop_notice_catches_sigterm_and_restores_the_handler():
 def test_compare_says_what_is_done_to_an_image_of_another_shape():
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  from siamese_jax import compare  # pylint: disable=g-import-not-at-top
-  mnist = compare.InputForm(size=28, channels=1, invert=False)
-  assert compare.conversion_note(Image.new('RGB', (300, 200)), mnist) == (
+  from siamese_jax.datasets import image_files  # pylint: disable=g-import-not-at-top
+  mnist = image_files.InputForm(size=28, channels=1, invert=False)
+  assert image_files.conversion_note(Image.new('RGB', (300, 200)), mnist) == (
       '300x200 RGB: converted to grayscale, stretched to 28x28 (aspect ratio not kept)')
-  assert compare.conversion_note(Image.new('L', (28, 28)), mnist) is None
-  assert compare.conversion_note(Image.new('LA', (56, 56)), compare.InputForm(size=28, channels=3, invert=True)) == (
+  assert image_files.conversion_note(Image.new('L', (28, 28)), mnist) is None
+  assert image_files.conversion_note(Image.new('LA', (56, 56)), image_files.InputForm(size=28, channels=3, invert=True)) == (
       '56x56 LA: transparent background filled with white, grayscale copied to the 3 colour channels, resized '
       'to 28x28')
 

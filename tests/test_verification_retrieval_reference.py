@@ -74,14 +74,14 @@ def two_splits(**kw):
 
 def test_pairs_are_labelled_right_balanced_and_fixed_by_the_seed():
   labels = synthetic_image_set(num_groups=2, classes_per_group=3, per_class=4).labels
-  pairs, same = verification.sample_pairs(np.random.default_rng(0), labels, 101)
+  pairs, same = verification.verification_pairs(np.random.default_rng(0), labels, 101)
   chex.assert_shape(pairs, (101, 2))
   assert same.sum() == 50  # half (rounded down) are same pairs
   np.testing.assert_array_equal(same, labels[pairs[:, 0]] == labels[pairs[:, 1]])
   assert np.all(pairs[:, 0] != pairs[:, 1])
   assert len(np.unique(labels[pairs])) == 6  # every class is drawn
-  again, _ = verification.sample_pairs(np.random.default_rng(0), labels, 101)
-  other, _ = verification.sample_pairs(np.random.default_rng(1), labels, 101)
+  again, _ = verification.verification_pairs(np.random.default_rng(0), labels, 101)
+  other, _ = verification.verification_pairs(np.random.default_rng(1), labels, 101)
   np.testing.assert_array_equal(pairs, again)
   assert not np.array_equal(pairs, other)
 

@@ -1,7 +1,8 @@
 """Datasets: each module turns a config's `data` block into named `ImageSet` splits.
 
 Every dataset module exposes `load_splits(data_config) -> dict[str, ImageSet]` with at least
-'train' and 'validation'; extra keys are test sets. Raw archives are found in `data.manual_dir`,
+'train' and 'validation'; extra keys are test sets; and `input_form(data_config) -> InputForm`, how an
+image file becomes one of its inputs. Raw archives are found in `data.manual_dir`,
 or under `$SIAMESE_JAX_DATA/<dataset>` when that is empty.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.errors import UserError
 
@@ -40,12 +42,21 @@ def read_split(builder, split: str, decoders=None) -> list[dict]:
   return source.__getitems__(range(len(source)))
 
 
-def load_splits(data_config) -> dict[str, ImageSet]:
-  """Loads the splits named by `data_config.name`."""
+def _module(data_config):
   if data_config.name not in _MODULES:
     raise UserError(f'unknown dataset {data_config.name!r}; choose one of {", ".join(_MODULES)}')
-  module = importlib.import_module(f'siamese_jax.datasets.{data_config.name}')
-  return module.load_splits(data_config)
+  return importlib.import_module(f'siamese_jax.datasets.{data_config.name}')
 
 
-__all__ = ['ImageSet', 'DATA_ENV', 'load_splits', 'manual_dir', 'read_split', 'tfds_data_dir']
+def load_splits(data_config) -> dict[str, ImageSet]:
+  """Loads the splits named by `data_config.name`."""
+  return _module(data_config).load_splits(data_config)
+
+
+def input_form(data_config) -> InputForm:
+  """How an image file becomes an input of a model trained on `data_config` (see `image_files`)."""
+  return _module(data_config).input_form(data_config)
+
+
+__all__ = ['ImageSet', 'InputForm', 'DATA_ENV', 'input_form', 'load_splits', 'manual_dir', 'read_split',
+           'tfds_data_dir']

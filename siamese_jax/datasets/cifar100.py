@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from siamese_jax.datasets import tfds_data_dir
+from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_arrays, hold_out_last, int_setting, resize_images, setting
 from siamese_jax.errors import UserError
@@ -43,7 +44,7 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   if label not in LABELS:
     raise UserError(f'data.label must be one of {", ".join(LABELS)}, got {label!r}')
   heldout = _class_ids(setting(data_config, 'heldout_classes', ()))
-  size = int_setting(data_config, 'image_size', 32)
+  size = input_form(data_config).size
   validation_size = int_setting(data_config, 'validation_size', 5000)
 
   builder = _builder(data_config)
@@ -58,6 +59,11 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   if heldout:
     splits['heldout'] = test.subset(is_heldout)
   return splits
+
+
+def input_form(data_config) -> InputForm:
+  """How an image file becomes an input of a model trained on `data_config`."""
+  return InputForm(size=int_setting(data_config, 'image_size', 32), channels=3, invert=False)
 
 
 def _class_ids(value) -> tuple[int, ...]:

@@ -38,6 +38,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from siamese_jax.datasets import read_split, tfds_data_dir
+from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_arrays, find_or_download, int_setting, resize_image, setting
 from siamese_jax.errors import UserError
@@ -139,10 +140,8 @@ def read_cells(data_config) -> tuple[ImageSet, np.ndarray]:
 
   Cells are in file-name order, whatever order the prepared records are stored in.
   """
-  size = int_setting(data_config, 'image_size', 50)
-  channels = setting(data_config, 'channels', 1)
-  if isinstance(channels, bool) or channels not in (1, 3):
-    raise UserError(f'data.channels must be 1 or 3, got {channels!r}')
+  form = input_form(data_config)
+  size, channels = form.size, form.channels
   [archive] = find_or_download(data_config, 'malaria', [(ORIGINAL, GRAY_50PX)], [URL])
   copy = os.path.basename(archive)
   if copy == GRAY_50PX and channels == 3:
@@ -158,6 +157,14 @@ def read_cells(data_config) -> tuple[ImageSet, np.ndarray]:
       source=f'{_SOURCES[copy]} ({copy}), as {size}x{size} {"grayscale" if channels == 1 else "RGB"}',
   )
   return cells, arrays['patients']
+
+
+def input_form(data_config) -> InputForm:
+  """How an image file becomes an input of a model trained on `data_config`."""
+  channels = setting(data_config, 'channels', 1)
+  if isinstance(channels, bool) or channels not in (1, 3):
+    raise UserError(f'data.channels must be 1 or 3, got {channels!r}')
+  return InputForm(size=int_setting(data_config, 'image_size', 50), channels=channels, invert=False)
 
 
 def split_by_patient(patients: np.ndarray, labels: np.ndarray, validation_fraction: float,

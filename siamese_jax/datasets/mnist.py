@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from siamese_jax.datasets import read_split, tfds_data_dir
+from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import (cached_beside, find_or_download, hold_out_last, int_setting, resize_images,
                                             setting)
@@ -44,7 +45,7 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   }
   if {'train', 'validation'} & set(test_sets):
     raise UserError('data.test_sets must not be named train or validation')
-  size = int_setting(data_config, 'image_size', 28)
+  size = input_form(data_config).size
   validation_size = int_setting(data_config, 'validation_size', 5000)
 
   builder = MnistIdx(
@@ -64,6 +65,11 @@ def load_splits(data_config) -> dict[str, ImageSet]:
   for name, digits in test_sets.items():
     splits[name] = test.subset(np.isin(test.labels, digits))
   return splits
+
+
+def input_form(data_config) -> InputForm:
+  """How an image file becomes an input of a model trained on `data_config`."""
+  return InputForm(size=int_setting(data_config, 'image_size', 28), channels=1, invert=False)
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:

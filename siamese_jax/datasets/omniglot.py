@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from siamese_jax.datasets import manual_dir, read_split, tfds_data_dir
+from siamese_jax.datasets.image_files import InputForm, to_model_input
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_beside
 from siamese_jax.errors import UserError
@@ -57,12 +58,14 @@ def _grayscale(data: bytes) -> Image.Image:
     return image.convert('L')
 
 
-def _resize(image: Image.Image, size: int | None) -> Image.Image:
-  """Area-averages down (keeps thin strokes visible); bilinear up."""
-  if size is None or image.size == (size, size):
-    return image
-  smaller = size < max(image.size)
-  return image.resize((size, size), Image.Resampling.BOX if smaller else Image.Resampling.BILINEAR)
+def _form(size: int) -> InputForm:
+  """Black on white, inverted; area-averaged down (keeps thin strokes visible), bilinear up."""
+  return InputForm(size=size, channels=1, invert=True, shrink=Image.Resampling.BOX)
+
+
+def input_form(data_config) -> InputForm:
+  """How an image file becomes an input of a model trained on `data_config`."""
+  return _form(data_config.get('image_size') or ORIGINAL_SIZE)
 
 
 def decode_png(data: bytes, size: int | None = None) -> np.ndarray:
@@ -72,8 +75,8 @@ def decode_png(data: bytes, size: int | None = None) -> np.ndarray:
     data: the PNG file's bytes (1-bit or 8-bit grayscale).
     size: side of the square output; None keeps the stored size.
   """
-  pixels = np.asarray(_resize(_grayscale(data), size), dtype=np.uint8)
-  return (255 - pixels)[..., None]
+  with Image.open(io.BytesIO(data)) as image:
+    return to_model_input(image, _form(size or image.size[0]))
 
 
 class OmniglotDrawers(tfds.core.GeneratorBasedBuilder):

@@ -1,6 +1,7 @@
 """Lake et al.'s 20-way one-shot runs as an evaluator: runs read from disk, or drawn from a split.
 
-With `path`, the runs in Lake's published format (`all_runs.zip` or a folder of `runNN/`) are scored.
+With `path`, the runs in Lake's published format (`all_runs.zip` or a folder of `runNN/`) are scored, read
+at `image_size` (default: the training images' size).
 Without it, `run_sets` sets of `num_runs` runs are drawn from `split` with `lake_runs.make_runs`, one set
 per seed (seed, seed + 1, ...): each run takes one alphabet, `ways` of its characters, its support from
 one drawer and its queries from another. Accuracy is the mean over every run, with a 95% interval over
@@ -17,13 +18,13 @@ from siamese_jax.errors import UserError
 
 
 class Evaluator:
-  """Config: path, or split, num_runs, run_sets, ways; seed (for drawing runs and breaking ties)."""
+  """Config: path and image_size, or split, num_runs, run_sets, ways; seed (for drawing runs and breaking ties)."""
 
   def __init__(self, config, splits):
     self.seed = config.get('seed', 0)
     path = config.get('path', '')
     if path:
-      image_size = splits['train'].image_shape[0]
+      image_size = config.get('image_size') or splits['train'].image_shape[0]
       self.run_sets = [lake_runs.read_runs(path, image_size=image_size)]
       return
     num_runs, run_sets = config.get('num_runs', 20), config.get('run_sets', 5)

@@ -43,6 +43,22 @@ def sample_episodes(rng: np.random.Generator, labels: np.ndarray, groups: np.nda
   return support, query
 
 
+def choose_classes(scorer, rng: np.random.Generator, queries: np.ndarray, support: np.ndarray) -> np.ndarray:
+  """The class each query is assigned: the one whose support images it is most similar to on average.
+
+  Args:
+    scorer: compares embeddings (`inference.Scorer`).
+    rng: breaks ties at random (`inference.pick_with_random_ties`).
+    queries: embeddings [..., Q, D].
+    support: embeddings [..., W, K, D], K images of each of W classes.
+
+  Returns:
+    int [..., Q], an index into the W classes for each query.
+  """
+  scores = scorer.similarity(queries[..., :, None, None, :], support[..., None, :, :, :]).mean(-1)  # [..., Q, W]
+  return inference.pick_with_random_ties(rng, scores)
+
+
 class Evaluator:
   """Config: split, ways, shots, episodes, within_group, seed, episodes_per_chunk."""
 
@@ -64,8 +80,7 @@ class Evaluator:
     for start in range(0, len(self.query), self.chunk):
       query = embeddings[self.query[start:start + self.chunk]]  # [e, W, D]
       support = embeddings[self.support[start:start + self.chunk]]  # [e, W, K, D]
-      scores = scorer.similarity(query[:, :, None, None, :], support[:, None, :, :, :]).mean(-1)  # [e, Wq, Wc]
-      correct.append(inference.pick_with_random_ties(rng, scores) == np.arange(self.ways))
+      correct.append(choose_classes(scorer, rng, query, support) == np.arange(self.ways))
     per_episode = np.concatenate(correct).mean(axis=1)
     mean, ci95 = metrics.mean_and_ci95(per_episode)
     return {'accuracy': float(mean), 'ci95': float(ci95)}

@@ -15,7 +15,7 @@ from siamese_jax import evaluators, metrics
 from siamese_jax.errors import UserError
 
 
-def sample_pairs(rng: np.random.Generator, labels: np.ndarray, num_pairs: int, split: str = 'the split'):
+def verification_pairs(rng: np.random.Generator, labels: np.ndarray, num_pairs: int, split: str = 'the split'):
   """`num_pairs` image pairs, the first half of one class each and the rest of two different classes.
 
   Classes are drawn uniformly, not in proportion to their size, so that one large class does not make
@@ -81,9 +81,9 @@ class Evaluator:
     num_pairs = config.get('pairs', 2000)
     # Drawn once, so that every evaluation of a run scores the same pairs.
     rng = np.random.default_rng(config.get('seed', 0))
-    self.pairs, self.labels = sample_pairs(rng, self.split.labels, num_pairs, split)
-    self.threshold_pairs, self.threshold_labels = sample_pairs(rng, self.threshold_set.labels, num_pairs,
-                                                               threshold_split)
+    self.pairs, self.labels = verification_pairs(rng, self.split.labels, num_pairs, split)
+    self.threshold_pairs, self.threshold_labels = verification_pairs(rng, self.threshold_set.labels, num_pairs,
+                                                                     threshold_split)
 
   def scores(self, scorer) -> np.ndarray:
     """Scores [P] of the test pairs `self.pairs` (higher = more alike), e.g. to plot their histograms."""
