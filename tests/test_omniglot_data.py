@@ -158,6 +158,27 @@ def test_unknown_alphabet_lists_those_present(archives, prepared):
   assert 'Latin' in str(error.value) and 'Alpha, Beta, Gamma' in str(error.value)
 
 
+def test_manual_dir_that_disagrees_with_the_prepared_copy_is_said(archives, prepared, tmp_path, caplog):
+  """Once prepared, the manual folder is not read again: one line says which copy is used."""
+  with caplog.at_level('INFO'):
+    omniglot.load_drawings(make_config(tmp_path / 'mistyped', prepared))
+  [warning] = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert f'{tmp_path}/mistyped holds none of images_background.zip, images_evaluation.zip: it is ignored, and ' \
+         f'the copy prepared in {prepared}/' in warning
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  for name in ('images_background.zip', 'images_evaluation.zip'):
+    (copy / name).write_bytes((archives / name).read_bytes())  # the same archives, with a new time
+  caplog.clear()
+  omniglot.load_drawings(make_config(copy, prepared))
+  assert not caplog.records
+  write_archive(copy / 'images_background.zip', 'background', {'Alpha': 1})
+  with pytest.raises(UserError, match=r'omniglot: the raw files in \S+/copy \(images_background.zip [\d,]+ bytes, '
+                     r'images_evaluation.zip [\d,]+ bytes\) differ from those the copy prepared in \S+ was made from '
+                     r'\(.*\); delete \S+ to prepare it again from them, or set data.manual_dir to '):
+    omniglot.load_drawings(make_config(copy, prepared))
+
+
 def test_one_archive_builds_its_split_only(archives, tmp_path):
   (tmp_path / 'manual').mkdir()
   (tmp_path / 'manual' / 'images_evaluation.zip').write_bytes((archives / 'images_evaluation.zip').read_bytes())

@@ -33,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -218,7 +219,9 @@ def _prepared(data_config, archive: str) -> MalariaCells:
   if builder.is_prepared():
     with _open_archive(archive) as opened:
       if builder.info.metadata.get('archive') != _fingerprint(opened):
-        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD  # The archive was replaced since it was prepared.
+        logging.warning('malaria: %s differs from the archive the copy in %s was prepared from; preparing that '
+                        'copy again from it', archive, builder.data_dir)
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   return builder
 

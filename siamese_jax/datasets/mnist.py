@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from siamese_jax.datasets import read_split, tfds_data_dir
+from siamese_jax.datasets import prepared, read_split, tfds_data_dir
 from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import (cached_beside, find_or_download, hold_out_last, int_setting, resize_images,
@@ -52,7 +52,7 @@ def load_splits(data_config) -> dict[str, ImageSet]:
       idx_files=lambda: find_or_download(data_config, 'mnist', [(f'{stem}.gz', stem) for stem in _STEMS],
                                          [f'{MIRROR}{stem}.gz' for stem in _STEMS]),
       data_dir=tfds_data_dir(data_config), file_format='array_record')
-  builder.download_and_prepare()
+  prepared.prepare(builder, data_config, 'mnist', [name for stem in _STEMS for name in (f'{stem}.gz', stem)])
   arrays = cached_beside(builder, 'arrays', lambda: _read_arrays(builder))
   source = 'MNIST (canonical idx files)' + (f', resized to {size}x{size}' if size != 28 else '')
   train, test = (

@@ -22,7 +22,7 @@ import requests
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from siamese_jax.datasets import manual_dir, read_split, tfds_data_dir
+from siamese_jax.datasets import manual_dir, prepared, read_split, tfds_data_dir
 from siamese_jax.datasets.image_files import InputForm, to_model_input
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_beside
@@ -229,8 +229,8 @@ def load_drawings(data_config) -> Drawings:
     raise UserError(f'data.image_size must be a positive integer, got {size!r}')
   builder = OmniglotDrawers(data_dir=tfds_data_dir(data_config),
                             file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
+  prepared.prepare(builder, data_config, 'omniglot', [f'images_{split}.zip' for split in SPLITS],
+                   tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
   # Decoding ~26k PNGs takes seconds: one cached copy per image size.
   arrays = cached_beside(builder, f'decoded_{size}px', lambda: _decode(builder, size))
   archives = '+'.join(f'images_{split}' for split in sorted(builder.info.splits))
