@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Checkpoints between validations, so that a kill loses little: every `steps` steps and/or `minutes`
   # minutes since the last save (0 turns either off). Validations save too.
   c.train.checkpoint_every = ml_collections.ConfigDict({'steps': 0, 'minutes': 10.0})
+  # A fraction f in (0, 1): a step with a non-finite loss or gradient (a rare bad batch) leaves the state as it
+  # was and is counted, and the run stops only when more than f of the steps between log lines are; 0: it stops.
+  c.train.skip_nonfinite_steps = 0.0
 
   # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
   c.evaluators = ml_collections.ConfigDict()
@@ -183,6 +186,9 @@ def validate(config) -> None:
     raise UserError('train.eval_every and train.log_every must be positive')
   if config.train.checkpoint_every.steps < 0 or config.train.checkpoint_every.minutes < 0:
     raise UserError('train.checkpoint_every.steps and .minutes must be >= 0 (0: not by that measure)')
+  if not 0.0 <= config.train.skip_nonfinite_steps < 1.0:
+    raise UserError(f'train.skip_nonfinite_steps={config.train.skip_nonfinite_steps}; use 0 (stop at the first '
+                    'non-finite step) or a fraction in (0, 1) of steps that may be skipped, e.g. 0.01')
 
 
 def _check_class_batch(config) -> None:

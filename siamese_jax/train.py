@@ -130,7 +130,7 @@ def episode_scores(model, params, embeddings, config):
 def train_step(state: TrainState, images, labels, key, *, model, tx, config):
   """One optimizer step. Pure: returns the new state and the batch metrics."""
   grad_fn = jax.value_and_grad(functools.partial(objective, model=model, config=config), has_aux=True)
-  (_, batch_metrics), grads = grad_fn(state.params, images, labels, key)
+  (loss, batch_metrics), grads = grad_fn(state.params, images, labels, key)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
@@ -138,7 +138,22 @@ def train_step(state: TrainState, images, labels, key, *, model, tx, config):
     # Warm-up as in tf.train.ExponentialMovingAverage: early averages do not drag the initial weights along.
     decay = jnp.minimum(config.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema_params = optax.incremental_update(params, ema_params, 1.0 - decay)
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), batch_metrics
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+  if config.train.skip_nonfinite_steps:
+    return _skip_if_nonfinite(state, new_state, loss, updates, batch_metrics)
+  return new_state, batch_metrics
+
+
+def _skip_if_nonfinite(state, new_state, loss, updates, batch_metrics):
+  """`new_state`, or `state` one step on when the loss or the updates (hence a gradient) are non-finite.
+
+  Chosen on the device, so the host never waits; the step's metrics then count as 0 and 'skipped' as 1,
+  so sums stay finite and `_log_line` averages over the steps taken.
+  """
+  finite = jnp.isfinite(loss) & _all_finite(updates)
+  kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state.replace(step=state.step), state)
+  metrics = {name: jnp.where(finite, value, 0.0) for name, value in batch_metrics.items()}
+  return kept.replace(step=new_state.step), metrics | {'skipped': jnp.logical_not(finite).astype(jnp.int32)}
 
 
 def device_resident_steps(state, data, key, *, num_steps, mesh, model, tx, config):
@@ -214,10 +229,13 @@ def compile_training_call(config, model, tx, mesh, state_sharding):
                  out_shardings=(state_sharding, data_sharding), donate_argnums=0)
 
 
-def _log_line(step, num_steps, sums, count, lr, rate, unit):
-  means = {k: float(v) / count for k, v in sums.items()}
-  logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.3g  %.0f %s/s', step, num_steps,
-               means['loss'], means['accuracy'], lr, rate, unit)
+def _log_line(step, num_steps, sums, count, lr, rate, unit, skipped_steps=None):
+  """Logs the means over the steps taken (skipped ones excluded), and the run's skipped steps when counted."""
+  taken = count - int(sums.pop('skipped', 0))
+  means = {k: float(v) / taken for k, v in sums.items()}
+  skipped = '' if skipped_steps is None else f'  skipped {skipped_steps} non-finite steps so far'
+  logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.3g  %.0f %s/s%s', step, num_steps,
+               means['loss'], means['accuracy'], lr, rate, unit, skipped)
   return means
 
 
@@ -300,7 +318,8 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
   step = start_step
   stop_reason = f'reached train.num_steps={num_steps}'
   cadence = checkpoints.Cadence(config.train.checkpoint_every, steps_per_call)
-  guard = _DivergenceGuard(manager, start_step if start_step else None)
+  guard = _DivergenceGuard(manager, start_step if start_step else None, config.train.skip_nonfinite_steps,
+                           history[-1].get('skipped_steps', 0) if history else 0)
   while step < num_steps:
     first = step + 1
     if config.device_resident:
@@ -319,6 +338,7 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
     save_step = eval_step or stop or cadence.due(step, log_step)
     if log_step or save_step:
       guard.check_losses()
+      guard.check_skipped(sums, count, step)
     if save_step:
       guard.check_state(state, step)
 
@@ -327,17 +347,18 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       now = time.perf_counter()
       rate = (step - last_step) * config.batch.size / (now - last_time)
       unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
-      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate, unit)
+      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate, unit, guard.skipped_steps)
       if writer:
         writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': float(
-            schedule(step)), f'train/{unit}_per_second': rate}, step)
+            schedule(step)), f'train/{unit}_per_second': rate} | guard.skipped_scalars(), step)
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
+      guard.logged()
 
     if eval_step and not stop:  # a stopping run saves at once, without validating
       scorer.set_params(state.eval_params)
       eval_metrics = evaluators.run_all(evals, scorer)
       entry = {'step': step, 'elapsed_s': elapsed_before + time.perf_counter() - run_start,
-               **{f'train_{k}': v for k, v in train_means.items()}, **eval_metrics}
+               **{f'train_{k}': v for k, v in train_means.items()}, **guard.skipped_scalars(), **eval_metrics}
       history.append(entry)
       logging.info('step %d validation: %s', step, '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
       if writer:
@@ -389,13 +410,40 @@ class _DivergenceGuard:
 
   Each call's loss is checked once the next call is queued, so the device never waits on the check;
   before a log line or a save the latest loss and the whole state (a non-finite gradient shows there
-  first) are checked as well.
+  first) are checked as well. With train.skip_nonfinite_steps = f > 0 such steps are skipped on the device
+  and counted here (`skipped_steps`, since step 0), and the run stops only when more than f of the steps
+  since the last log line were skipped: a run that keeps diverging still ends.
   """
 
-  def __init__(self, manager, last_saved):
+  def __init__(self, manager, last_saved, max_skipped_fraction=0.0, skipped_before=0):
     self.manager = manager
     self.last_saved = last_saved
+    self.max_skipped_fraction = max_skipped_fraction
+    self._skipped_logged = skipped_before  # counted up to the last log line
+    self._skipped_since_log = 0
     self._pending = None
+
+  @property
+  def skipped_steps(self) -> int | None:
+    """Steps skipped since step 0, or None when steps are not skipped."""
+    return self._skipped_logged + self._skipped_since_log if self.max_skipped_fraction else None
+
+  def skipped_scalars(self) -> dict[str, int]:
+    """{'skipped_steps': n} for history and TensorBoard when steps are skipped, else nothing."""
+    return {} if self.skipped_steps is None else {'skipped_steps': self.skipped_steps}
+
+  def check_skipped(self, sums, count: int, step: int) -> None:
+    """Counts the steps skipped since the last log line (`sums` of that window) and stops when too many were."""
+    if not self.max_skipped_fraction:
+      return
+    self._skipped_since_log = skipped = int(jax.device_get(sums['skipped']))
+    if skipped > self.max_skipped_fraction * count:
+      raise self._error(f'{skipped} of the {count} steps up to step {step} had a non-finite loss or gradient, '
+                        f'more than train.skip_nonfinite_steps={self.max_skipped_fraction} of them')
+
+  def logged(self) -> None:
+    self._skipped_logged += self._skipped_since_log
+    self._skipped_since_log = 0
 
   def queued(self, first: int, last: int, loss) -> None:
     self.check_losses()

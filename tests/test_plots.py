@@ -169,37 +169,14 @@ def test_learning_curve_rejects_bad_history(tmp_path, history, match):
     plots.learning_curve(tmp_path / 'bad.png', history)
 
 
-def test_roc_with_and_without_auc(tmp_path):
-  fpr = np.linspace(0, 1, 50)
-  path = plots.roc(tmp_path / 'roc.png', {'siamese': (fpr, fpr**0.2, 0.83), 'pixels': (fpr, fpr**0.8)})
-  pixels = _read_png(path, min_size=(400, 400))
-  assert pixels.shape[0] == pixels.shape[1]
-  # The AUC is written in the legend (lower right): another AUC, or none, changes the picture only there.
-  for other_curve in ((fpr, fpr**0.2, 0.31), (fpr, fpr**0.2)):
-    other = _read_png(plots.roc(tmp_path / 'other.png', {'siamese': other_curve, 'pixels': (fpr, fpr**0.8)}))
-    rows, cols = np.nonzero(np.any(pixels != other, axis=-1))
-    assert len(rows) > 50, len(rows)
-    assert rows.min() > 0.7 * pixels.shape[0] and cols.min() > 0.5 * pixels.shape[1], (rows.min(), cols.min())
-
-
-@pytest.mark.parametrize(
-    'curves, match',
-    [({}, 'curves is empty'),
-     ({'a': ([0, 1], [0, 0.5, 1])}, "curve 'a': fpr and tpr must be 1-D of one length"),
-     ({'a': ([0, 1],)}, r"curve 'a' must be \(fpr, tpr\) or \(fpr, tpr, auc\)")])
-def test_roc_rejects_bad_curves(tmp_path, curves, match):
-  with pytest.raises(ValueError, match=match):
-    plots.roc(tmp_path / 'bad.png', curves)
-
-
 def test_plotting_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
   code = (
       'import sys, matplotlib, numpy as np\n'
       'from siamese_jax import plots\n'
-      f'plots.roc({str(tmp_path / "roc.png")!r}, {{"a": ([0, 1], [0, 1])}})\n'
+      f'plots.learning_curve({str(tmp_path / "curve.png")!r}, [{{"step": 0, "train_loss": 1.0}}])\n'
       'assert matplotlib.get_backend() == "svg", matplotlib.get_backend()\n'
       'assert "matplotlib.pyplot" not in sys.modules\n')
   env = {**os.environ, 'MPLBACKEND': 'svg', 'PYTHONPATH': str(REPO)}
   result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr
-  _read_png(tmp_path / 'roc.png')
+  _read_png(tmp_path / 'curve.png')

@@ -207,6 +207,41 @@ def test_divergence_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, s
   assert [h['step'] for h in history] == [10]
 
 
+def poison_objective(monkeypatch, rate):
+  """A NaN loss, hence NaN gradients, at a random `rate` of the steps (drawn from each step's own key)."""
+  objective = train.objective
+
+  def poisoned(params, images, labels, key, **kwargs):
+    loss, metrics = objective(params, images, labels, key, **kwargs)
+    loss = loss * jnp.where(jax.random.uniform(jax.random.fold_in(key, 16)) < rate, jnp.nan, 1.0)
+    return loss, metrics | {'loss': loss}
+
+  monkeypatch.setattr(train, 'objective', poisoned)
+
+
+def test_skipped_non_finite_steps_are_counted_and_leave_the_state_finite(tmp_path, synthetic_splits, monkeypatch,
+                                                                          caplog):
+  poison_objective(monkeypatch, 0.25)
+  config = tiny_config(num_steps=20, log_every=10, eval_every=10, skip_nonfinite_steps=0.5)
+  workdir = str(tmp_path / 'run')
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, workdir)
+  history = json.loads(open(os.path.join(workdir, 'history.json')).read())
+  counts = [h['skipped_steps'] for h in history]
+  assert 0 < counts[0] <= counts[1] < 20, counts
+  assert f'step 20/20  loss' in caplog.text and f'skipped {counts[1]} non-finite steps so far' in caplog.text
+  params = checkpoints.Manager(workdir, METRIC).restore_params(20)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+
+
+def test_too_many_skipped_steps_still_stop_the_run(tmp_path, synthetic_splits, monkeypatch):
+  poison_objective(monkeypatch, 1.0)
+  config = tiny_config(num_steps=20, log_every=10, eval_every=10, skip_nonfinite_steps=0.5)
+  with pytest.raises(UserError, match=r'training diverged: 10 of the 10 steps up to step 10 had a non-finite loss '
+                     r'or gradient, more than train.skip_nonfinite_steps=0.5 of them; no checkpoint'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
 def test_scoring_tools_refuse_non_finite_parameters(tmp_path):
   config, state = make_state(scale=np.nan)
   files.write_text(str(tmp_path / 'config.json'), config.to_json_best_effort())
