@@ -1,20 +1,21 @@
 """The defaults every task config starts from, and the check that a config names only known keys.
 
 Task configs in `configs/` call `base_config()` and change what their task needs. `validate` runs before
-anything is written, so a typo in a key or a bad value is one clear line, not a crash mid-run.
+anything is written, so a typo in a key or a bad value is one clear line, not a crash mid-run. The `data`
+and evaluator blocks belong to the dataset and evaluators they name: their keys are checked against
+those plug-ins' declared keys and signatures (see `registry`), without reading any data.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from siamese_jax import augment
+from siamese_jax import augment, datasets, evaluators, losses, models, registry
 from siamese_jax.errors import UserError
 
-# The head output each loss needs; None: any head (the episodic loss ranks the head's similarities).
-LOSSES = {'bce': 'logit', 'contrastive': 'distance', 'triplet': 'distance', 'episodic': None}
 SCHEDULES = ('staircase', 'cosine')
-MINING = ('batch_all', 'batch_hard', 'semi_hard')
+# Blocks whose keys are those of the plug-in they name, not base_config's.
+PLUGIN_BLOCKS = ('data', 'evaluators', 'test_evaluators')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -91,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   # was and is counted, and the run stops only when more than f of the steps between log lines are; 0: it stops.
   c.train.skip_nonfinite_steps = 0.0
 
-  # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators.py).
+  # name -> evaluator block; `kind` picks the evaluator (see siamese_jax/evaluators/).
   c.evaluators = ml_collections.ConfigDict()
   # Run once after training on the best checkpoint; results.json / results.md in the workdir.
   c.test_evaluators = ml_collections.ConfigDict()
@@ -125,52 +126,66 @@ def contrastive_config(features, kernel_sizes) -> ml_collections.ConfigDict:
   return config
 
 
-def _unknown_keys(config, reference, prefix=''):
+def _check_keys(config, reference, where: str) -> None:
+  """Every key of `config` and of its blocks is in `reference` (the plug-in blocks aside)."""
+  registry.check_keys(config, reference.keys(), where)
   for key in config.keys():
-    name = f'{prefix}{key}'
-    if key not in reference:
-      yield name
-    elif isinstance(reference[key], ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
-      yield from _unknown_keys(config[key], reference[key], f'{name}.')
+    if where == 'config' and key in PLUGIN_BLOCKS:
+      continue
+    if isinstance(reference[key], ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      _check_keys(config[key], reference[key], key if where == 'config' else f'{where}.{key}')
+
+
+def _check_plugins(config) -> None:
+  """Every plug-in a config names exists, and each plug-in block names only keys its plug-in takes."""
+  datasets.dataset_module(config.data)
+  for block in PLUGIN_BLOCKS[1:]:
+    for name in config[block].keys():
+      evaluators.resolve(f'{block}.{name}', config[block][name])
+  registry.lookup(models.ENCODERS, config.model.encoder, 'model.encoder')
+  registry.lookup(models.DTYPES, config.model.dtype, 'model.dtype')
+
+
+def _takes(key: str) -> list[str]:
+  """The losses that read `loss.<key>`."""
+  return [name for name, loss in losses.LOSSES.items() if key in registry.keywords(loss.fn)]
 
 
 def validate(config) -> None:
   """Raises UserError for unknown keys or inconsistent values."""
-  reference = base_config()
-  unknown = [k for k in _unknown_keys(config, reference) if not k.startswith(('data.', 'evaluators.', 'test_evaluators.'))]
-  if unknown:
-    raise UserError(f'unknown config key(s): {", ".join(unknown)}')
-  if config.loss.name not in LOSSES:
-    raise UserError(f'loss.name={config.loss.name!r}; choose one of {", ".join(LOSSES)}')
-  if config.loss.name in ('triplet', 'episodic'):
-    if config.batch.kind != 'classes':
-      raise UserError(f"loss.name={config.loss.name!r} needs batch.kind='classes' (M-per-class batches)")
-    if config.loss.mining not in MINING:
-      raise UserError(f'loss.mining={config.loss.mining!r}; choose one of {", ".join(MINING)}')
-  elif config.batch.kind != 'pairs':
+  _check_keys(config, base_config(), 'config')
+  _check_plugins(config)
+  loss = registry.lookup(losses.LOSSES, config.loss.name, 'loss.name')
+  if loss.pairs and config.batch.kind != 'pairs':
     raise UserError(f"loss.name={config.loss.name!r} trains on pairs: set batch.kind='pairs'")
-  head_kind = 'logit' if config.model.head == 'weighted_l1' else 'distance'
-  if LOSSES[config.loss.name] not in (None, head_kind):
-    raise UserError(f'loss {config.loss.name!r} needs a {LOSSES[config.loss.name]} head, '
+  if not loss.pairs and config.batch.kind != 'classes':
+    raise UserError(f"loss.name={config.loss.name!r} needs batch.kind='classes' (M-per-class batches)")
+  if config.loss.mining not in losses.MINING:
+    raise UserError(f'loss.mining={config.loss.mining!r}; choose one of {", ".join(losses.MINING)}')
+  head_kind = registry.lookup(models.HEADS, config.model.head, 'model.head').output_kind
+  if loss.head not in (None, head_kind):
+    raise UserError(f'loss {config.loss.name!r} needs a {loss.head} head, '
                     f'but model.head={config.model.head!r} gives a {head_kind}')
   if config.model.normalize_embeddings and head_kind == 'distance' and not 0.0 < config.loss.margin < 2.0:
     raise UserError(f'loss.margin={config.loss.margin} with model.normalize_embeddings: distances between unit '
                     'vectors lie in [0, 2], so the margin must lie strictly between 0 and 2')
-  if config.loss.positive_margin and config.loss.name != 'contrastive':
-    raise UserError(f'loss.positive_margin is a setting of the contrastive loss, not {config.loss.name!r}')
+  if config.loss.positive_margin and config.loss.name not in _takes('positive_margin'):
+    raise UserError(f'loss.positive_margin is a setting of the {" or ".join(_takes("positive_margin"))} loss, '
+                    f'not {config.loss.name!r}')
   if not 0.0 <= config.loss.positive_margin < config.loss.margin:
     raise UserError(f'loss.positive_margin={config.loss.positive_margin} must lie in [0, loss.margin='
                     f'{config.loss.margin}): same-class pairs must be allowed closer than different-class ones')
   if config.loss.instance_weight < 0 or config.loss.temperature <= 0:
     raise UserError(f'loss.instance_weight={config.loss.instance_weight} must be >= 0 and loss.temperature='
                     f'{config.loss.temperature} > 0')
-  if config.loss.instance_weight and config.loss.name == 'triplet':
-    raise UserError('loss.instance_weight applies to the pair losses (bce, contrastive), not triplet')
+  if config.loss.instance_weight and not loss.pairs:
+    pair_losses = ', '.join(name for name, entry in losses.LOSSES.items() if entry.pairs)
+    raise UserError(f'loss.instance_weight applies to the pair losses ({pair_losses}), not {config.loss.name}')
   if config.loss.instance_weight and not config.augment.strength and not config.augment.dihedral:
     raise UserError('loss.instance_weight needs augment.strength > 0 or augment.dihedral: the two views of an '
                     'image are two random distortions of it')
   if config.batch.kind == 'classes':
-    _check_class_batch(config)
+    _check_class_batch(config, loss)
   if config.optimizer.schedule not in SCHEDULES:
     raise UserError(f'optimizer.schedule={config.optimizer.schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:
@@ -191,7 +206,7 @@ def validate(config) -> None:
                     'non-finite step) or a fraction in (0, 1) of steps that may be skipped, e.g. 0.01')
 
 
-def _check_class_batch(config) -> None:
+def _check_class_batch(config, loss: losses.Loss) -> None:
   """An M-per-class batch divides into classes, and into episodes when it has them."""
   batch = config.batch
   if batch.images_per_class < 1 or batch.size % batch.images_per_class:
@@ -200,10 +215,10 @@ def _check_class_batch(config) -> None:
   if batch.classes_per_group < 0 or (batch.classes_per_group and classes % batch.classes_per_group):
     raise UserError(f'batch.classes_per_group={batch.classes_per_group} must divide the batch\'s {classes} '
                     'classes (batch.size // batch.images_per_class), or be 0')
-  if config.loss.name == 'episodic' and not 1 <= config.loss.shots < batch.images_per_class:
+  if loss.consumes == 'episodes' and not 1 <= config.loss.shots < batch.images_per_class:
     raise UserError(f'loss.shots={config.loss.shots} must be at least 1 and leave a query among the '
                     f'batch.images_per_class={batch.images_per_class} images of each class')
-  if config.loss.name == 'episodic' and (batch.classes_per_group or classes) < 2:
+  if loss.consumes == 'episodes' and (batch.classes_per_group or classes) < 2:
     raise UserError('the episodic loss needs at least two classes per episode')
 
 

@@ -13,10 +13,16 @@ in what they consume, which decides how batches are built:
   distortions of the same images, added to a pair loss with weight `loss.instance_weight`.
 
 Pair labels are 1 for a same-class pair and 0 otherwise throughout.
+
+`LOSSES` maps each `loss.name` to a `Loss`: what it consumes, and a function of those inputs and the
+batch labels that gives the loss and a training accuracy; its keyword arguments are the `loss` keys it
+reads. `train.objective` builds the inputs the entry asks for and `config_schema.validate` derives the
+batch kind and the heads allowed from it, so a new loss is one entry here plus its config line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -156,16 +162,57 @@ def triplet(
   return _masked_mean(loss, positive & has_negative[:, None])
 
 
-LOSSES: dict[str, Callable[..., jax.Array]] = {
-    'bce': binary_cross_entropy,
-    'contrastive': contrastive,
-    'triplet': triplet,
-    'episodic': episodic,
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A training loss and what it consumes.
+
+  consumes: 'logit' or 'distance' (the head's output for each pair of a batch of pairs), 'embeddings'
+    (an M-per-class batch of embeddings [B, D]) or 'episodes' (`train.episode_scores` of an M-per-class
+    batch split into episodes).
+  fn: (inputs, labels, **loss keys) -> (loss, accuracy), both scalars.
+  """
+
+  consumes: str
+  fn: Callable[..., tuple[jax.Array, jax.Array]]
+
+  @property
+  def pairs(self) -> bool:
+    """Trains on batches of pairs (else on M-per-class batches)."""
+    return self.consumes in ('logit', 'distance')
+
+  @property
+  def head(self) -> str | None:
+    """The head output kind the network needs; None: any head.
+
+    A loss on embeddings trains no head parameters, so it needs a head without any (a distance).
+    """
+    return {'logit': 'logit', 'distance': 'distance', 'embeddings': 'distance'}.get(self.consumes)
+
+
+def _bce(logits, labels):
+  return binary_cross_entropy(logits, labels), jnp.mean((logits > 0) == (labels == 1))
+
+
+def _contrastive(distances, labels, *, margin, positive_margin):
+  # A training-time proxy for accuracy, midway between the margins; evaluation picks thresholds.
+  predicted_same = distances < (margin + positive_margin) / 2
+  return contrastive(distances, labels, margin, positive_margin), jnp.mean(predicted_same == (labels == 1))
+
+
+def _triplet(embeddings, labels, *, margin, mining):
+  distances = pairwise_distances(embeddings) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
+  precision_at_1 = jnp.mean(labels[jnp.argmin(distances, axis=1)] == labels)
+  return triplet(embeddings, labels, margin, mining), precision_at_1
+
+
+def _episodic(scores, labels, *, temperature):
+  del labels  # Each query's class is its position in the episode.
+  return episodic(scores, temperature)
+
+
+LOSSES = {
+    'bce': Loss('logit', _bce),
+    'contrastive': Loss('distance', _contrastive),
+    'triplet': Loss('embeddings', _triplet),
+    'episodic': Loss('episodes', _episodic),
 }
-
-
-def get(name: str) -> Callable[..., jax.Array]:
-  """The loss a config names; see the module docstring for what each one consumes."""
-  if name not in LOSSES:
-    raise UserError(f'unknown loss {name!r}; choose one of {", ".join(LOSSES)}')
-  return LOSSES[name]

@@ -13,8 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from siamese_jax import distances
-from siamese_jax.errors import UserError
+from siamese_jax import distances, registry
 
 Dtype = Any
 
@@ -254,28 +253,26 @@ def similarity(head_output, output_kind: str):
   return head_output if output_kind == 'logit' else -head_output
 
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-_HEADS = {'weighted_l1': WeightedL1Head, 'euclidean': EuclideanHead, 'cosine': CosineHead}
+def _resnet(*, features, blocks_per_stage, embedding_dim, dtype) -> ResNet:
+  """The ResNet whose stages are `model.features` wide."""
+  return ResNet(stage_features=features, blocks_per_stage=blocks_per_stage, embedding_dim=embedding_dim, dtype=dtype)
+
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+# model.encoder -> the encoder; model.head -> the head. A new one is one entry here.
+ENCODERS = {'conv_tower': ConvTower, 'conv_blocks': ConvBlocks, 'resnet': _resnet}
+HEADS = {'weighted_l1': WeightedL1Head, 'euclidean': EuclideanHead, 'cosine': CosineHead}
 
 
 def build(model_config) -> SiameseNet:
-  """The network a config's `model` block describes (fp32 parameters, `dtype` compute)."""
-  if model_config.dtype not in _DTYPES:
-    raise UserError(f'model.dtype={model_config.dtype!r}; choose one of {", ".join(_DTYPES)}')
-  dtype = _DTYPES[model_config.dtype]
-  if model_config.encoder == 'conv_tower':
-    encoder = ConvTower(features=tuple(model_config.features), kernel_sizes=tuple(model_config.kernel_sizes),
-                        embedding_dim=model_config.embedding_dim, koch=model_config.koch, dtype=dtype)
-  elif model_config.encoder == 'conv_blocks':
-    encoder = ConvBlocks(features=tuple(model_config.features), embedding_dim=model_config.embedding_dim,
-                         norm_groups=model_config.norm_groups, dtype=dtype)
-  elif model_config.encoder == 'resnet':
-    encoder = ResNet(stage_features=tuple(model_config.features),
-                     blocks_per_stage=model_config.blocks_per_stage,
-                     embedding_dim=model_config.embedding_dim, dtype=dtype)
-  else:
-    raise UserError(f'model.encoder={model_config.encoder!r}; choose conv_tower, conv_blocks or resnet')
-  if model_config.head not in _HEADS:
-    raise UserError(f'model.head={model_config.head!r}; choose one of {", ".join(_HEADS)}')
-  return SiameseNet(encoder=encoder, head=_HEADS[model_config.head](),
-                    normalize=model_config.normalize_embeddings)
+  """The network a config's `model` block describes (fp32 parameters, `dtype` compute).
+
+  The encoder gets the `model` keys among its keyword arguments (sequences as tuples, which Flax hashes).
+  """
+  dtype = registry.lookup(DTYPES, model_config.dtype, 'model.dtype')
+  encoder = registry.lookup(ENCODERS, model_config.encoder, 'model.encoder')
+  keys = [key for key in registry.keywords(encoder) if key in model_config and key != 'dtype']
+  settings = {key: tuple(model_config[key]) if isinstance(model_config[key], (list, tuple)) else model_config[key]
+              for key in keys}
+  head = registry.lookup(HEADS, model_config.head, 'model.head')
+  return SiameseNet(encoder=encoder(**settings, dtype=dtype), head=head(), normalize=model_config.normalize_embeddings)

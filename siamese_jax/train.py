@@ -23,7 +23,7 @@ import optax
 from absl import logging
 
 from siamese_jax import augment, checkpoints, config_schema, datasets, evaluators, inference, losses, models
-from siamese_jax import files, plots, preemption, samplers, sharding
+from siamese_jax import files, plots, preemption, registry, samplers, sharding
 from siamese_jax.errors import UserError
 
 
@@ -87,28 +87,24 @@ def objective(params, images, labels, key, *, model, config):
     views.append(augment.random_affine(jax.random.fold_in(key, 1), flat, affine))
   embeddings = model.apply({'params': params}, jnp.concatenate(views), method=models.SiameseNet.embed)
   embeddings = jnp.split(embeddings, len(views))
-  if config.loss.name == 'episodic':
-    scores = episode_scores(model, params, embeddings[0], config)
-    loss, accuracy = losses.episodic(scores, config.loss.temperature)
-    return loss, {'loss': loss, 'accuracy': accuracy}
-  if config.loss.name == 'triplet':
-    loss = losses.triplet(embeddings[0], labels, config.loss.margin, config.loss.mining)
-    distances = losses.pairwise_distances(embeddings[0]) + jnp.where(jnp.eye(len(labels)), jnp.inf, 0.0)
-    accuracy = jnp.mean(labels[jnp.argmin(distances, axis=1)] == labels)  # in-batch precision@1
-    return loss, {'loss': loss, 'accuracy': accuracy}
-  out = model.apply({'params': params}, embeddings[0], method=models.SiameseNet.compare_pairs)
-  if config.loss.name == 'bce':
-    loss = losses.binary_cross_entropy(out, labels)
-    predicted_same = out > 0
-  else:
-    loss = losses.contrastive(out, labels, config.loss.margin, config.loss.positive_margin)
-    # A training-time proxy, midway between the margins; evaluation picks thresholds.
-    predicted_same = out < (config.loss.margin + config.loss.positive_margin) / 2
-  metrics = {'accuracy': jnp.mean(predicted_same == (labels == 1))}
+  loss_entry = registry.lookup(losses.LOSSES, config.loss.name, 'loss.name')
+  settings = {key: config.loss[key] for key in registry.keywords(loss_entry.fn)}
+  loss, accuracy = loss_entry.fn(loss_inputs(loss_entry.consumes, model, params, embeddings[0], config), labels,
+                                 **settings)
+  metrics = {'accuracy': accuracy}
   if config.loss.instance_weight:
     metrics['instance_loss'] = losses.instance_discrimination(*embeddings, config.loss.temperature)
     loss = loss + config.loss.instance_weight * metrics['instance_loss']
   return loss, {'loss': loss, **metrics}
+
+
+def loss_inputs(consumes: str, model, params, embeddings, config):
+  """What a loss consumes (`losses.Loss.consumes`), from the batch's embeddings [B, D] (or [2B, D] for pairs)."""
+  if consumes == 'embeddings':
+    return embeddings
+  if consumes == 'episodes':
+    return episode_scores(model, params, embeddings, config)
+  return model.apply({'params': params}, embeddings, method=models.SiameseNet.compare_pairs)
 
 
 def episode_scores(model, params, embeddings, config):

@@ -198,16 +198,6 @@ class InstanceDiscriminationTest(chex.TestCase):
     chex.assert_trees_all_close(aligned, losses.instance_discrimination(views, views, 0.2), rtol=1e-6)
 
 
-def test_registry_names_and_unknown():
-  assert {name: losses.get(name) for name in ('bce', 'contrastive', 'triplet')} == {
-      'bce': losses.binary_cross_entropy,
-      'contrastive': losses.contrastive,
-      'triplet': losses.triplet,
-  }
-  with pytest.raises(UserError, match='bce, contrastive, triplet'):
-    losses.get('hinge')
-
-
 def test_brute_force_reference_counts_every_triplet():
   # Guards the reference itself: 2 classes of 2 give 4 (a, p) pairs with 2 negatives each.
   embeddings = np.array([[0.0], [1.0], [3.0], [3.5]], np.float32)

@@ -189,7 +189,9 @@ def test_workdir_with_another_model_is_refused_before_writing(tmp_path, syntheti
 
 
 @pytest.mark.parametrize('mutate,message', [
-    (lambda c: c.update({'learning_rate': 1.0}), 'unknown config key'),
+    (lambda c: c.update({'learning_rate': 1.0}), "config: unknown key 'learning_rate'"),
+    (lambda c: c.evaluators.oneshot.update({'episdoes': 5}), "evaluators.oneshot: unknown key 'episdoes'"),
+    (lambda c: c.data.update({'image_sise': 28}), "data: unknown key 'image_sise'"),
     (lambda c: c.loss.update({'name': 'hinge'}), 'loss.name'),
     (lambda c: c.loss.update({'name': 'contrastive'}), 'distance head'),
     (lambda c: c.batch.update({'size': 15}), 'not divisible'),

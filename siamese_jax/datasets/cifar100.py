@@ -29,6 +29,8 @@ NAME = 'cifar100'
 LABELS = ('label', 'coarse_label')
 NUM_CLASSES = 100
 SPLITS = ('train', 'test')
+# The `data` keys read here, beyond datasets.COMMON_KEYS.
+KEYS = ('image_size', 'label', 'heldout_classes', 'validation_size')
 # What the stock builder downloads; probed first because TFDS retries an unreachable host for minutes.
 _URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'
 _PROBE_TIMEOUT_S = 10

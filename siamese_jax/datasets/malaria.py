@@ -49,6 +49,8 @@ ORIGINAL = 'cell_images.zip'
 GRAY_50PX = 'cell_images_50px_gray.zip'
 CLASS_NAMES = ('Parasitized', 'Uninfected')
 SPLITS = ('train', 'validation', 'test')
+# The `data` keys read here, beyond datasets.COMMON_KEYS.
+KEYS = ('manual_dir', 'image_size', 'channels', 'validation_fraction', 'test_fraction', 'split_seed')
 _SOURCES = {
     ORIGINAL: 'NIH malaria cells, original RGB release',
     GRAY_50PX: 'NIH malaria cells, third-party copy downscaled to 50x50 grayscale',

@@ -27,6 +27,8 @@ from siamese_jax.errors import UserError
 
 MIRROR = 'https://storage.googleapis.com/cvdf-datasets/mnist/'
 DIGITS = tuple(range(10))
+# The `data` keys read here, beyond datasets.COMMON_KEYS.
+KEYS = ('manual_dir', 'image_size', 'train_digits', 'test_sets', 'validation_size')
 CLASS_NAMES = tuple(str(d) for d in DIGITS)
 # Images then labels, of the training split then the t10k (test) split.
 _STEMS = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')

@@ -30,6 +30,10 @@ from siamese_jax.errors import UserError
 
 ORIGINAL_SIZE = 105
 NUM_DRAWERS = 20
+# The `data` keys read here, beyond datasets.COMMON_KEYS.
+KEYS = ('manual_dir', 'image_size', 'train_alphabets', 'train_drawers', 'validation_alphabets',
+        'validation_drawers', 'test_alphabets', 'test_drawers', 'train_rotations_as_classes',
+        'train_mirrors_as_classes')
 SPLITS = ('background', 'evaluation')
 _URL = 'https://github.com/brendenlake/omniglot/raw/master/python/images_{}.zip'
 _URLS = {split: _URL.format(split) for split in SPLITS}

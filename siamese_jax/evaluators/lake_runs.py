@@ -18,21 +18,18 @@ from siamese_jax.errors import UserError
 
 
 class Evaluator:
-  """Config: path and image_size, or split, num_runs, run_sets, ways; seed (for drawing runs and breaking ties)."""
+  """Runs read from `path`, or drawn from `split`; `seed` draws the runs and breaks ties."""
 
-  def __init__(self, config, splits):
-    self.seed = config.get('seed', 0)
-    path = config.get('path', '')
+  def __init__(self, splits, *, path='', image_size=0, split='validation', num_runs=20, run_sets=5, ways=20, seed=0):
+    self.seed = seed
     if path:
-      image_size = config.get('image_size') or splits['train'].image_shape[0]
+      image_size = image_size or splits['train'].image_shape[0]
       self.run_sets = [lake_runs.read_runs(path, image_size=image_size)]
       return
-    num_runs, run_sets = config.get('num_runs', 20), config.get('run_sets', 5)
     if num_runs < 1 or run_sets < 1:
-      raise UserError(f'lake_runs: num_runs={num_runs} and run_sets={run_sets} must be at least 1')
-    split = evaluators.get_split(splits, config.get('split', 'validation'), 'lake_runs.split')
-    drawings = Drawings.from_image_set(split)
-    self.run_sets = [lake_runs.make_runs(drawings, num_runs=num_runs, ways=config.get('ways', 20), seed=self.seed + s)
+      raise UserError(f'num_runs={num_runs} and run_sets={run_sets} must be at least 1')
+    drawings = Drawings.from_image_set(evaluators.get_split(splits, split, 'split'))
+    self.run_sets = [lake_runs.make_runs(drawings, num_runs=num_runs, ways=ways, seed=seed + s)
                      for s in range(run_sets)]
 
   def __call__(self, scorer) -> dict[str, float]:

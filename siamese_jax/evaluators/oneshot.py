@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import inference, metrics
+from siamese_jax import evaluators, inference, metrics
 from siamese_jax.errors import UserError
 
 
@@ -60,18 +60,15 @@ def choose_classes(scorer, rng: np.random.Generator, queries: np.ndarray, suppor
 
 
 class Evaluator:
-  """Config: split, ways, shots, episodes, within_group, seed, episodes_per_chunk."""
+  """`ways`-way `shots`-shot episodes drawn once from `split` (by `seed`), scored `episodes_per_chunk` at a time."""
 
-  def __init__(self, config, splits):
-    self.split = splits[config.get('split', 'validation')]
-    self.ways = config.get('ways', 20)
-    self.shots = config.get('shots', 1)
-    self.seed = config.get('seed', 0)
-    self.chunk = config.get('episodes_per_chunk', 16)
+  def __init__(self, splits, *, split='validation', ways=20, shots=1, episodes=320, within_group=True, seed=0,
+               episodes_per_chunk=16):
+    self.split = evaluators.get_split(splits, split, 'split')
+    self.ways, self.shots, self.seed, self.chunk = ways, shots, seed, episodes_per_chunk
     # The episodes are fixed once, so every evaluation of a run scores the same tasks.
     self.support, self.query = sample_episodes(
-        np.random.default_rng(self.seed), self.split.labels, self.split.groups, self.ways, self.shots,
-        config.get('episodes', 320), config.get('within_group', True))
+        np.random.default_rng(seed), self.split.labels, self.split.groups, ways, shots, episodes, within_group)
 
   def __call__(self, scorer) -> dict[str, float]:
     embeddings = scorer.embed(self.split.images)

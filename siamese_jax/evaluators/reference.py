@@ -56,37 +56,37 @@ def _class1_over_class0(scores: np.ndarray) -> np.ndarray:
 
 
 class Evaluator:
-  """Config: split (queries), reference_split, threshold_split, shots, max_queries, knn, seed, queries_per_chunk."""
+  """Queries of `split` (all, or `max_queries`) against `shots` references per class from `reference_split`.
 
-  def __init__(self, config, splits):
-    split = config.get('split', 'validation')
-    reference_split = config.get('reference_split', 'train')
-    evaluators.get_split(splits, reference_split, 'reference_split')
+  `threshold_split` (two classes) chooses the decision point; `knn` > 0 adds a k-NN vote; `seed` draws the
+  queries and references; `queries_per_chunk` queries are compared at a time.
+  """
+
+  def __init__(self, splits, *, split='validation', reference_split='train', threshold_split='', shots=5,
+               max_queries=0, knn=5, seed=0, queries_per_chunk=256):
+    self.queries = evaluators.get_split(splits, split, 'split')
+    self.references = evaluators.get_split(splits, reference_split, 'reference_split')
     if reference_split == split:
       raise UserError(f'reference_split and split are both {split!r}; queries would be compared with '
                       'themselves: pick two different splits')
-    self.queries, self.references = splits[split], splits[reference_split]
     if self.queries.class_names != self.references.class_names:
       raise UserError(f'{split!r} and {reference_split!r} have different classes; reference classification '
                       'needs the same classes in both')
-    self.shots = config.get('shots', 5)
-    self.knn = config.get('knn', 5)
-    self.chunk = config.get('queries_per_chunk', 256)
+    self.shots, self.knn, self.chunk, self.seed = shots, knn, queries_per_chunk, seed
     if self.shots < 1 or self.chunk < 1:
       raise UserError(f'shots={self.shots}, queries_per_chunk={self.chunk}; both must be at least 1')
     if not 0 <= self.knn <= len(self.references):
       raise UserError(f'knn={self.knn}; use 0 (off) up to the {len(self.references)} images of {reference_split!r}')
-    self.seed = config.get('seed', 0)
     # Queries and references are drawn once, so that every evaluation of a run scores the same task.
     rng = np.random.default_rng(self.seed)
-    self.query_items = subsample(rng, len(self.queries), config.get('max_queries', 0), 'max_queries')
+    self.query_items = subsample(rng, len(self.queries), max_queries, 'max_queries')
     self.query_labels = self.queries.labels[self.query_items]
     if len(np.unique(self.query_labels)) < 2:
       raise UserError(f'the queries from {split!r} are all of one class; use a split (or max_queries) with two')
     self.reference_items = draw_references(rng, self.references, self.shots, reference_split)
-    self.threshold_split = config.get('threshold_split', '')
+    self.threshold_split = threshold_split
     if self.threshold_split:
-      self._draw_threshold_queries(splits, split, reference_split, config.get('max_queries', 0), rng)
+      self._draw_threshold_queries(splits, split, reference_split, max_queries, rng)
 
   def _draw_threshold_queries(self, splits, split, reference_split, max_queries, rng):
     if self.threshold_split in (split, reference_split):

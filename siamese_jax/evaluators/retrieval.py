@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese_jax import embedding_index
+from siamese_jax import embedding_index, evaluators
 from siamese_jax.errors import UserError
 
 METRICS = ('euclidean', 'cosine')  # The index's metrics that need no head parameters.
@@ -29,16 +29,14 @@ def subsample(rng: np.random.Generator, n: int, max_items: int, key: str):
 
 
 class Evaluator:
-  """Config: split, metric ('euclidean' or 'cosine'), max_items (0 = all), seed."""
+  """The items of `split` (all, or `max_items` drawn by `seed`) searched by `metric` ('euclidean' or 'cosine')."""
 
-  def __init__(self, config, splits):
-    split = config.get('split', 'validation')
-    self.metric = config.get('metric', 'euclidean')
+  def __init__(self, splits, *, split='validation', metric='euclidean', max_items=0, seed=0):
+    self.metric = metric
     if self.metric not in METRICS:
       raise UserError(f'metric={self.metric!r}; choose one of {", ".join(METRICS)}')
-    image_set = splits[split]
-    items = subsample(np.random.default_rng(config.get('seed', 0)), len(image_set), config.get('max_items', 0),
-                      'max_items')
+    image_set = evaluators.get_split(splits, split, 'split')
+    items = subsample(np.random.default_rng(seed), len(image_set), max_items, 'max_items')
     self.images = image_set.images[items]
     self.labels = image_set.labels[items]
     self.ids = np.arange(len(image_set))[items]  # Positions in the split, the items' sources in the index.

@@ -64,25 +64,21 @@ def pair_scores(scorer, images: np.ndarray, *pair_sets: np.ndarray) -> list[np.n
 
 
 class Evaluator:
-  """Config: split, threshold_split, pairs, seed.
+  """`pairs` pairs of `split` scored at the threshold chosen on `pairs` pairs of `threshold_split` (drawn by `seed`).
 
   Attributes:
     pairs, labels: the test pairs (int [P, 2] into `split`) and their labels (1 same, 0 different).
     threshold_pairs, threshold_labels: the pairs of `threshold_split` that choose the threshold.
   """
 
-  def __init__(self, config, splits):
-    split = config.get('split', 'validation')
-    threshold_split = config.get('threshold_split', 'validation')
-    evaluators.get_split(splits, threshold_split, 'threshold_split')
-    self.split = splits[split]
-    self.threshold_set = splits[threshold_split]
+  def __init__(self, splits, *, split='validation', threshold_split='validation', pairs=2000, seed=0):
+    self.split = evaluators.get_split(splits, split, 'split')
+    self.threshold_set = evaluators.get_split(splits, threshold_split, 'threshold_split')
     self.same_split = split == threshold_split
-    num_pairs = config.get('pairs', 2000)
     # Drawn once, so that every evaluation of a run scores the same pairs.
-    rng = np.random.default_rng(config.get('seed', 0))
-    self.pairs, self.labels = verification_pairs(rng, self.split.labels, num_pairs, split)
-    self.threshold_pairs, self.threshold_labels = verification_pairs(rng, self.threshold_set.labels, num_pairs,
+    rng = np.random.default_rng(seed)
+    self.pairs, self.labels = verification_pairs(rng, self.split.labels, pairs, split)
+    self.threshold_pairs, self.threshold_labels = verification_pairs(rng, self.threshold_set.labels, pairs,
                                                                      threshold_split)
 
   def scores(self, scorer) -> np.ndarray:
