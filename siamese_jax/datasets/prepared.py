@@ -69,14 +69,15 @@ def _check(builder, folder: str | None, dataset: str, names: Sequence[str]) -> N
       record = json.load(f)
   except (OSError, ValueError):
     record = {'files': {}}
-  if not record['files']:
+  then = record['files']
+  if not then:
     logging.info('%s: using the copy prepared in %s (from a download, or files not recorded); %s is not read',
                  dataset, prepared_in, folder)
     return
-  if raw.keys() == record['files'].keys() and all(_same(folder, name, raw[name], record['files'][name]) for name in raw):
+  if raw.keys() == then.keys() and all(_same(folder, name, raw[name], then[name]) for name in raw):
     return
   raise UserError(f'{dataset}: the raw files in {folder} ({_describe(raw)}) differ from those the copy prepared in '
-                  f'{prepared_in} was made from ({_describe(record["files"])} in {record["folder"]}); delete '
+                  f'{prepared_in} was made from ({_describe(then)} in {record["folder"]}); delete '
                   f'{prepared_in} to prepare it again from them, or set data.manual_dir to {record["folder"]}')
 
 
