@@ -165,7 +165,10 @@ def test_oneshot_runs_are_omniglot_validation_drawings_unless_synthetic():
 
 
 def test_checkpoint_load_reads_a_third_of_the_state_for_the_parameters():
-  results = checkpoint_load.run(mnist.get_config('smoke'), image_size=28, repeats=1)
+  results = checkpoint_load.run(mnist.get_config('smoke'), image_size=28, repeats=2)
   (whole_seconds, whole_mib), (params_seconds, params_mib) = results['whole state'], results['parameters only']
   assert whole_mib == pytest.approx(3 * params_mib, rel=1e-3)  # parameters and Adam's two moments
   assert whole_seconds > 0 and params_seconds > 0
+  (waited, saved_mib), (on_disk, _) = results['save (the loop waits)'], results['save (until on disk)']
+  assert saved_mib == pytest.approx(whole_mib, rel=1e-3)
+  assert 0 < waited <= on_disk
