@@ -149,6 +149,8 @@ def test_evaluator_settings_are_keyword_arguments_with_defaults():
 def test_a_split_that_is_not_there_names_the_evaluator_and_its_key():
   with pytest.raises(UserError, match=r"^evaluators.v: split='nope' is not a split of this dataset \(train"):
     evaluators.build('v', {'kind': 'verification', 'split': 'nope'}, {'train': None, 'validation': None})
+  with pytest.raises(UserError, match=r"^test_evaluators.t: split='nope'"):
+    evaluators.build_all({'t': {'kind': 'verification', 'split': 'nope'}}, {'train': None}, 'test_evaluators')
 
 
 def test_each_loss_entry_computes_the_loss_it_names():

@@ -38,16 +38,17 @@ def resolve(where: str, evaluator_config):
   return evaluator, settings
 
 
-def build(name: str, evaluator_config, splits):
-  evaluator, settings = resolve(f'evaluators.{name}', evaluator_config)
+def build(name: str, evaluator_config, splits, block: str = 'evaluators'):
+  """The evaluator of config block `block`.`name`; errors name that block."""
+  evaluator, settings = resolve(f'{block}.{name}', evaluator_config)
   try:
     return evaluator(splits, **settings)
   except UserError as error:
-    raise UserError(f'evaluators.{name}: {error}') from None
+    raise UserError(f'{block}.{name}: {error}') from None
 
 
-def build_all(evaluators_config, splits) -> dict:
-  return {name: build(name, block, splits) for name, block in evaluators_config.items()}
+def build_all(evaluators_config, splits, block: str = 'evaluators') -> dict:
+  return {name: build(name, settings, splits, block) for name, settings in evaluators_config.items()}
 
 
 def run_all(evaluators: dict, scorer) -> dict[str, float]:
