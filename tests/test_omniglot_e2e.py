@@ -45,11 +45,12 @@ def trained_workdir(tmp_path_factory, tfds_dir):
 
 def test_short_cpu_run_beats_chance_on_lake_runs_of_unseen_alphabets_and_drawers(trained_workdir):
   workdir, _, best = trained_workdir
-  # Chance is 1/20 = 0.05. Seeds 0-2 of this run: validation within alphabets 0.597, 0.606, 0.593 (mean
-  # 0.599, SD 0.007), Lake-format test runs 0.569, 0.558, 0.528 (mean 0.551, SD 0.021); the bounds sit
-  # near the mean minus 3 SD (wider for validation, whose spread three seeds understate).
-  assert best['oneshot_20way/accuracy'] > 0.55
-  assert best['test/lake_runs/accuracy'] > 0.48
+  # Chance is 1/20 = 0.05. Seeds 0-2 of this run: validation within alphabets 0.681, 0.679, 0.670 (mean
+  # 0.677, SD 0.006), Lake-format test runs 0.664, 0.655, 0.656 (mean 0.659, SD 0.005); the bounds sit
+  # well below the mean minus 3 SD, as three seeds understate the spread (earlier versions of the config
+  # spread by 0.02 on the test runs).
+  assert best['oneshot_20way/accuracy'] > 0.62
+  assert best['test/lake_runs/accuracy'] > 0.59
   results = json.loads((workdir / 'results.json').read_text())
   assert results['metrics']['lake_runs/accuracy'] == best['test/lake_runs/accuracy']
   assert 'rot90' in results['data']
