@@ -120,9 +120,9 @@ class ConvBlocks(nn.Module):
 
   On 28x28 images four blocks leave a 1x1 map as wide as the last block, which is the embedding when
   `embedding_dim` is 0; otherwise a linear layer maps the flattened map to `embedding_dim`. Widening only
-  the last blocks, whose maps are 7x7 and 3x3, adds capacity at almost no cost in step time. The normaliser is GroupNorm
-  (`norm_groups` groups; it keeps no statistics, so training and evaluation compute the same function
-  and a checkpoint holds parameters only) or none (`norm_groups=0`).
+  the last blocks, whose maps are 7x7 and 3x3, adds capacity for far less step time than widening all of
+  them. The normaliser is GroupNorm (`norm_groups` groups; it keeps no statistics, so training and
+  evaluation compute the same function and a checkpoint holds parameters only) or none (`norm_groups=0`).
   """
 
   features: Sequence[int] = (64, 64, 64, 64)
