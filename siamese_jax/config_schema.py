@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_sizes = (10, 7, 4, 4)
   c.model.blocks_per_stage = 2  # resnet only
   c.model.norm_groups = 8  # conv_blocks: GroupNorm groups after each convolution; 0 = no normaliser
+  c.model.final_pool = '2x2'  # conv_blocks: how the last map is pooled: '2x2' like the others, or whole: 'max', 'mean'
   c.model.embedding_dim = 4096
   c.model.koch = True  # conv_tower: Koch's initialisation and sigmoid embedding (False: Flax defaults, linear)
   c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'
@@ -64,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.instance_weight = 0.0
   c.loss.temperature = 0.2  # of the NT-Xent term, and of the episodic loss's softmax
   c.loss.shots = 1  # episodic: support images per class; the class's other images are its queries
+  c.loss.symmetric = False  # episodic: also classify each support among the queries (one query per class)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 9e-5
@@ -172,6 +174,9 @@ def validate(config) -> None:
   if config.loss.positive_margin and config.loss.name not in _takes('positive_margin'):
     raise UserError(f'loss.positive_margin is a setting of the {" or ".join(_takes("positive_margin"))} loss, '
                     f'not {config.loss.name!r}')
+  if config.loss.symmetric and config.loss.name not in _takes('symmetric'):
+    raise UserError(f'loss.symmetric is a setting of the {" or ".join(_takes("symmetric"))} loss, '
+                    f'not {config.loss.name!r}')
   if not 0.0 <= config.loss.positive_margin < config.loss.margin:
     raise UserError(f'loss.positive_margin={config.loss.positive_margin} must lie in [0, loss.margin='
                     f'{config.loss.margin}): same-class pairs must be allowed closer than different-class ones')
@@ -186,6 +191,8 @@ def validate(config) -> None:
                     'image are two random distortions of it')
   if config.batch.kind == 'classes':
     _check_class_batch(config, loss)
+  if config.model.final_pool not in models.FINAL_POOLS:
+    raise UserError(f'model.final_pool={config.model.final_pool!r}; choose one of {", ".join(models.FINAL_POOLS)}')
   if config.optimizer.schedule not in SCHEDULES:
     raise UserError(f'optimizer.schedule={config.optimizer.schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:
@@ -218,6 +225,9 @@ def _check_class_batch(config, loss: losses.Loss) -> None:
   if loss.consumes == 'episodes' and not 1 <= config.loss.shots < batch.images_per_class:
     raise UserError(f'loss.shots={config.loss.shots} must be at least 1 and leave a query among the '
                     f'batch.images_per_class={batch.images_per_class} images of each class')
+  if loss.consumes == 'episodes' and config.loss.symmetric and batch.images_per_class - config.loss.shots != 1:
+    raise UserError(f'loss.symmetric needs one query per class: batch.images_per_class='
+                    f'{batch.images_per_class} must be loss.shots={config.loss.shots} + 1')
   if loss.consumes == 'episodes' and (batch.classes_per_group or classes) < 2:
     raise UserError('the episodic loss needs at least two classes per episode')
 

@@ -74,13 +74,16 @@ def instance_discrimination(views1: jax.Array, views2: jax.Array, temperature: f
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, partner))
 
 
-def episodic(scores: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def episodic(scores: jax.Array, temperature: float, symmetric: bool = False) -> tuple[jax.Array, jax.Array]:
   """Mean cross-entropy of classifying each query among the classes of its episode, and its accuracy.
 
   Args:
     scores: float [E, W * Q, W]: for each of E episodes, the similarity of each query to each of the W
       classes (higher = more alike), queries in class-major order: query q belongs to class q // Q.
     temperature: the similarities are divided by it before the softmax.
+    symmetric: also classify each class's support among the episode's queries (the transposed scores,
+      which needs one query per class) and average the two losses: a second W-way decision from the same
+      similarities, as CLIP's loss takes both directions of its batch.
 
   Every query is compared with every class of its episode at once, so each step trains against W - 1
   negatives per query instead of one: the N-way decision the one-shot task asks for (Vinyals et al.
@@ -93,6 +96,11 @@ def episodic(scores: jax.Array, temperature: float) -> tuple[jax.Array, jax.Arra
   targets = jnp.repeat(jnp.arange(ways), scores.shape[1] // ways)
   targets = jnp.broadcast_to(targets, scores.shape[:2])
   loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(scores / temperature, targets))
+  if symmetric:
+    if scores.shape[1] != ways:
+      raise ValueError(f'a symmetric episodic loss needs one query per class, not scores of shape {scores.shape}')
+    transposed = jnp.swapaxes(scores, 1, 2) / temperature
+    loss = (loss + jnp.mean(optax.softmax_cross_entropy_with_integer_labels(transposed, targets))) / 2
   return loss, jnp.mean(jnp.argmax(scores, axis=-1) == targets)
 
 
@@ -205,9 +213,9 @@ def _triplet(embeddings, labels, *, margin, mining):
   return triplet(embeddings, labels, margin, mining), precision_at_1
 
 
-def _episodic(scores, labels, *, temperature):
+def _episodic(scores, labels, *, temperature, symmetric):
   del labels  # Each query's class is its position in the episode.
-  return episodic(scores, temperature)
+  return episodic(scores, temperature, symmetric)
 
 
 LOSSES = {

@@ -115,6 +115,15 @@ class ConvTower(nn.Module):
     return nn.sigmoid(x) if self.koch else x
 
 
+# How ConvBlocks pools its last map: '2x2' as every block (on 28 px the 3x3 map keeps only its top-left
+# 2x2), or 'max' / 'mean' over the whole map.
+FINAL_POOLS = {
+    '2x2': max_pool_2x2,
+    'max': lambda x: jnp.max(x, axis=(1, 2)),
+    'mean': lambda x: jnp.mean(x, axis=(1, 2)),
+}
+
+
 class ConvBlocks(nn.Module):
   """Blocks of 3x3 convolution, normaliser, ReLU and 2x2 max-pool (Vinyals et al.'s and Snell et al.'s Conv4).
 
@@ -128,16 +137,20 @@ class ConvBlocks(nn.Module):
   features: Sequence[int] = (64, 64, 64, 64)
   embedding_dim: int = 0
   norm_groups: int = 8
+  final_pool: str = '2x2'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    if self.final_pool not in FINAL_POOLS:
+      raise ValueError(f'model.final_pool={self.final_pool!r}; choose one of {", ".join(FINAL_POOLS)}')
     for i, features in enumerate(self.features):
       x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
                   name=f'conv{i}')(x)
       if self.norm_groups:
         x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
-      x = max_pool_2x2(nn.relu(x))
+      x = nn.relu(x)
+      x = FINAL_POOLS[self.final_pool](x) if i == len(self.features) - 1 else max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     if self.embedding_dim:
       x = nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)

@@ -46,6 +46,18 @@ def test_episodic_loss_of_perfect_and_constant_scores():
   assert accuracy == pytest.approx(0.25)  # argmax picks class 0, right for 1 query in 4
 
 
+def test_symmetric_episodic_loss_averages_both_directions_of_a_square_episode():
+  scores = jax.random.normal(jax.random.key(2), (3, 5, 5))  # one query per class
+  loss, accuracy = losses.episodic(scores, 0.5, symmetric=True)
+  forward, expected_accuracy = reference_episodic(scores, 0.5)
+  backward, _ = reference_episodic(jnp.swapaxes(scores, 1, 2), 0.5)
+  np.testing.assert_allclose(loss, (forward + backward) / 2, rtol=1e-5)
+  np.testing.assert_allclose(accuracy, expected_accuracy)  # accuracy stays that of the queries
+  assert abs(forward - backward) > 0.05  # the two directions differ, so the average is a real check
+  with pytest.raises(ValueError, match='one query per class'):
+    losses.episodic(jnp.zeros((1, 10, 5)), 1.0, symmetric=True)
+
+
 def episodic_config(head='euclidean', **overrides):
   config = omniglot_config.get_config('cpu')
   config.model.head = head
@@ -159,11 +171,29 @@ def test_conv_blocks_embed_each_image_on_its_own():
   chex.assert_shape(plain.apply(variables, images), (6, 5))
 
 
+@pytest.mark.parametrize('final_pool,reduce', [('max', np.max), ('mean', np.mean), ('2x2', None)])
+def test_conv_blocks_pool_the_last_map_as_asked(final_pool, reduce):
+  """A 3x3 last map: '2x2' keeps its top-left window, 'max' and 'mean' all nine positions."""
+  encoder = models.ConvBlocks(features=(4,), norm_groups=0, final_pool=final_pool)
+  images = jax.random.uniform(jax.random.key(0), (2, 3, 3, 1))
+  variables = encoder.init(jax.random.key(1), images)
+  conv = variables['params']['conv0']
+  feature_map = np.maximum(0.0, np.asarray(jax.lax.conv_general_dilated(
+      images, conv['kernel'], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + conv['bias']))
+  expected = feature_map[:, :2, :2].max(axis=(1, 2)) if reduce is None else reduce(feature_map, axis=(1, 2))
+  chex.assert_trees_all_close(encoder.apply(variables, images), expected, atol=1e-5)
+  with pytest.raises(ValueError, match='final_pool'):
+    models.ConvBlocks(features=(4,), final_pool='avg').init(jax.random.key(1), images)
+
+
 @pytest.mark.parametrize('overrides,message', [
     ({'batch.kind': 'pairs'}, "batch.kind='classes'"),
     ({'batch.classes_per_group': 7}, 'classes_per_group'),
     ({'loss.shots': 3}, 'loss.shots'),
+    ({'loss.shots': 1, 'loss.symmetric': True}, 'one query per class'),
+    ({'loss.name': 'triplet', 'loss.symmetric': True}, 'setting of the episodic loss'),
     ({'optimizer.schedule': 'linear'}, 'optimizer.schedule'),
+    ({'model.final_pool': 'avg'}, 'model.final_pool'),
 ])
 def test_episodic_config_mistakes_are_caught(overrides, message):
   config_schema.validate(episodic_config())
