@@ -12,14 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_blocks(features, embedding_dim: int, norm_groups: int, image_size: int) -> nn.Sequential:
+def conv_blocks(features, embedding_dim: int, norm_groups: int, final_pool: str, image_size: int) -> nn.Sequential:
   layers, channels, size = [], 1, image_size
-  for width in features:
-    layers.append(nn.Conv2d(channels, width, 3, padding=1, bias=not norm_groups))
+  for i, width in enumerate(features):
+    valid = i == len(features) - 1 and final_pool == 'valid'
+    layers.append(nn.Conv2d(channels, width, 3, padding=0 if valid else 1, bias=not norm_groups))
     if norm_groups:
-      layers.append(nn.GroupNorm(norm_groups, width))
-    layers += [nn.ReLU(), nn.MaxPool2d(2)]
-    channels, size = width, size // 2
+      layers.append(nn.GroupNorm(norm_groups, width, eps=1e-6))  # Flax's epsilon
+    layers.append(nn.ReLU())
+    if i < len(features) - 1 or final_pool == '2x2':
+      layers.append(nn.MaxPool2d(2))
+      size //= 2
+    elif final_pool in ('max', 'mean'):
+      layers.append(nn.AdaptiveMaxPool2d(1) if final_pool == 'max' else nn.AdaptiveAvgPool2d(1))
+      size = 1
+    else:
+      size -= 2
+    channels = width
   layers.append(nn.Flatten())
   if embedding_dim:
     layers.append(nn.Linear(channels * size * size, embedding_dim))
@@ -60,7 +69,7 @@ class Siamese(nn.Module):
 def build(config) -> Siamese:
   m, size = config.model, config.data.image_size
   if m.encoder == 'conv_blocks':
-    encoder = conv_blocks(m.features, m.embedding_dim, m.norm_groups, size)
+    encoder = conv_blocks(m.features, m.embedding_dim, m.norm_groups, m.final_pool, size)
     with torch.no_grad():
       dim = encoder(torch.zeros(1, 1, size, size)).shape[-1]
   elif m.encoder == 'conv_tower':
@@ -87,4 +96,8 @@ def loss(network: Siamese, config, images: torch.Tensor, labels: torch.Tensor) -
   queries = grouped[:, :, shots:].reshape(grouped.shape[0], -1, 1, 1, grouped.shape[-1])
   scores = network.similarity(queries, support[:, None]).mean(-1)  # [E, W * Q, W]
   targets = torch.arange(ways).repeat_interleave(batch.images_per_class - shots).expand(scores.shape[:2])
-  return F.cross_entropy((scores / config.loss.temperature).flatten(0, 1), targets.flatten())
+  logits = scores / config.loss.temperature
+  loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+  if config.loss.symmetric:  # one query per class (validated): the transposed scores are W-way too
+    loss = (loss + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), targets.flatten())) / 2
+  return loss

@@ -55,3 +55,28 @@ def test_pytorch_reference_matches_the_flax_tower_shapes():
     x = torch.rand(8, 1, 16, 16)
     labels = torch.from_numpy(np.arange(4) % 2 if name == 'smoke' else np.repeat(np.arange(4), 2))
     assert torch.isfinite(torch_reference.loss(network, config, x, labels))
+
+
+@pytest.mark.parametrize('final_pool', ['2x2', 'max', 'mean', 'valid'])
+def test_pytorch_conv_blocks_compute_the_flax_embedding(final_pool):
+  """With the Flax weights copied in, the reference tower gives the same embeddings: the same arithmetic."""
+  torch = pytest.importorskip('torch', reason='PyTorch comes with the benchmark extra only')
+  from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+  from siamese_jax import models  # pylint: disable=g-import-not-at-top
+  config = tiny_config('cpu')
+  config.data.image_size, config.model.features, config.model.final_pool = 12, (8, 8, 16), final_pool  # 12 -> 6 -> 3
+  config.model.norm_groups = 2  # enough values per group on the last 1x1 map for a well-conditioned variance
+  model = models.build(config.model)
+  params = models.init_params(model, (12, 12, 1), jax.random.key(0))['encoder']
+  network = torch_reference.build(config)
+  convs = [m for m in network.encoder if isinstance(m, torch.nn.Conv2d)]
+  norms = [m for m in network.encoder if isinstance(m, torch.nn.GroupNorm)]
+  with torch.no_grad():
+    for i, (conv, norm) in enumerate(zip(convs, norms)):
+      conv.weight.copy_(torch.from_numpy(np.asarray(params[f'conv{i}']['kernel']).transpose(3, 2, 0, 1)))
+      norm.weight.copy_(torch.from_numpy(np.asarray(params[f'norm{i}']['scale'])))
+      norm.bias.copy_(torch.from_numpy(np.asarray(params[f'norm{i}']['bias'])))
+    images = np.random.default_rng(0).random((5, 12, 12, 1), np.float32)
+    expected = model.apply({'params': {'encoder': params}}, images, method=models.SiameseNet.embed)
+    got = network.encoder(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
