@@ -115,8 +115,9 @@ class ConvTower(nn.Module):
     return nn.sigmoid(x) if self.koch else x
 
 
-# How ConvBlocks pools its last map: '2x2' as every block (on 28 px the 3x3 map keeps only its top-left
-# 2x2), or 'max' / 'mean' over the whole map.
+# How ConvBlocks ends: '2x2' pools the last map as every block does (on 28 px the 3x3 map keeps only its
+# top-left 2x2), 'max' / 'mean' pool the whole map, 'valid' leaves the last convolution unpadded and
+# unpooled (on a 3x3 map: one output that sees the whole map, for a ninth of the block's arithmetic).
 FINAL_POOLS = {
     '2x2': max_pool_2x2,
     'max': lambda x: jnp.max(x, axis=(1, 2)),
