@@ -15,19 +15,16 @@ from torch import nn
 def conv_blocks(features, embedding_dim: int, norm_groups: int, final_pool: str, image_size: int) -> nn.Sequential:
   layers, channels, size = [], 1, image_size
   for i, width in enumerate(features):
-    valid = i == len(features) - 1 and final_pool == 'valid'
-    layers.append(nn.Conv2d(channels, width, 3, padding=0 if valid else 1, bias=not norm_groups))
+    layers.append(nn.Conv2d(channels, width, 3, padding=1, bias=not norm_groups))
     if norm_groups:
       layers.append(nn.GroupNorm(norm_groups, width, eps=1e-6))  # Flax's epsilon
     layers.append(nn.ReLU())
     if i < len(features) - 1 or final_pool == '2x2':
       layers.append(nn.MaxPool2d(2))
       size //= 2
-    elif final_pool in ('max', 'mean'):
+    else:
       layers.append(nn.AdaptiveMaxPool2d(1) if final_pool == 'max' else nn.AdaptiveAvgPool2d(1))
       size = 1
-    else:
-      size -= 2
     channels = width
   layers.append(nn.Flatten())
   if embedding_dim:

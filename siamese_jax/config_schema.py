@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_sizes = (10, 7, 4, 4)
   c.model.blocks_per_stage = 2  # resnet only
   c.model.norm_groups = 8  # conv_blocks: GroupNorm groups after each convolution; 0 = no normaliser
-  c.model.final_pool = '2x2'  # conv_blocks: the last block's end: '2x2', 'max', 'mean', 'valid' (models.FINAL_POOLS)
+  c.model.final_pool = '2x2'  # conv_blocks: how the last map is pooled: '2x2', or whole: 'max', 'mean'
   c.model.embedding_dim = 4096
   c.model.koch = True  # conv_tower: Koch's initialisation and sigmoid embedding (False: Flax defaults, linear)
   c.model.head = 'weighted_l1'  # or 'euclidean', 'cosine'

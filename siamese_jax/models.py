@@ -115,14 +115,12 @@ class ConvTower(nn.Module):
     return nn.sigmoid(x) if self.koch else x
 
 
-# How ConvBlocks ends: '2x2' pools the last map as every block does (on 28 px the 3x3 map keeps only its
-# top-left 2x2), 'max' / 'mean' pool the whole map, 'valid' leaves the last convolution unpadded and
-# unpooled (on a 3x3 map: one output that sees the whole map, for a ninth of the block's arithmetic).
+# How ConvBlocks pools its last map: '2x2' as every block does (on 28 px the 3x3 map then keeps only its
+# top-left 2x2), or 'max' / 'mean' over the whole map.
 FINAL_POOLS = {
     '2x2': max_pool_2x2,
     'max': lambda x: jnp.max(x, axis=(1, 2)),
     'mean': lambda x: jnp.mean(x, axis=(1, 2)),
-    'valid': lambda x: x,
 }
 
 
@@ -147,13 +145,12 @@ class ConvBlocks(nn.Module):
     if self.final_pool not in FINAL_POOLS:
       raise ValueError(f'model.final_pool={self.final_pool!r}; choose one of {", ".join(FINAL_POOLS)}')
     for i, features in enumerate(self.features):
-      last = i == len(self.features) - 1
-      x = nn.Conv(features, (3, 3), padding='VALID' if last and self.final_pool == 'valid' else 'SAME', use_bias=not self.norm_groups, dtype=self.dtype,
+      x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
                   name=f'conv{i}')(x)
       if self.norm_groups:
         x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
       x = nn.relu(x)
-      x = FINAL_POOLS[self.final_pool](x) if last else max_pool_2x2(x)
+      x = FINAL_POOLS[self.final_pool](x) if i == len(self.features) - 1 else max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     if self.embedding_dim:
       x = nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)

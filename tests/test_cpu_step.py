@@ -57,7 +57,7 @@ def test_pytorch_reference_matches_the_flax_tower_shapes():
     assert torch.isfinite(torch_reference.loss(network, config, x, labels))
 
 
-@pytest.mark.parametrize('final_pool', ['2x2', 'max', 'mean', 'valid'])
+@pytest.mark.parametrize('final_pool', ['2x2', 'max', 'mean'])
 def test_pytorch_conv_blocks_compute_the_flax_embedding(final_pool):
   """With the Flax weights copied in, the reference tower gives the same embeddings: the same arithmetic."""
   torch = pytest.importorskip('torch', reason='PyTorch comes with the benchmark extra only')
