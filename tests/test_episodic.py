@@ -62,6 +62,7 @@ def episodic_config(head='euclidean', **overrides):
   config = omniglot_config.get_config('cpu')
   config.model.head = head
   config.model.features = (8, 8)
+  config.model.final_pool = '2x2'  # keeps the tiny tower's 4x4 map: a 128-d embedding, not an 8-d one
   config.batch.size = 24
   config.batch.images_per_class = 3
   config.batch.classes_per_group = 4

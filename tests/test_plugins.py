@@ -164,5 +164,8 @@ def test_each_loss_entry_computes_the_loss_it_names():
   np.testing.assert_allclose(losses.LOSSES['triplet'].fn(embeddings, labels, margin=0.5, mining='batch_all')[0],
                              losses.triplet(embeddings, labels, 0.5, 'batch_all'))
   scores = rng.normal(size=(2, 4, 2)).astype(np.float32)
-  np.testing.assert_allclose(losses.LOSSES['episodic'].fn(scores, None, temperature=0.5),
+  np.testing.assert_allclose(losses.LOSSES['episodic'].fn(scores, None, temperature=0.5, symmetric=False),
                              losses.episodic(scores, 0.5))
+  square = rng.normal(size=(2, 4, 4)).astype(np.float32)
+  np.testing.assert_allclose(losses.LOSSES['episodic'].fn(square, None, temperature=0.5, symmetric=True),
+                             losses.episodic(square, 0.5, symmetric=True))
