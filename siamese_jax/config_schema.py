@@ -146,6 +146,7 @@ def _check_plugins(config) -> None:
       evaluators.resolve(f'{block}.{name}', config[block][name])
   registry.lookup(models.ENCODERS, config.model.encoder, 'model.encoder')
   registry.lookup(models.DTYPES, config.model.dtype, 'model.dtype')
+  registry.lookup(models.FINAL_POOLS, config.model.final_pool, 'model.final_pool')
 
 
 def _takes(key: str) -> list[str]:
@@ -191,8 +192,6 @@ def validate(config) -> None:
                     'image are two random distortions of it')
   if config.batch.kind == 'classes':
     _check_class_batch(config, loss)
-  if config.model.final_pool not in models.FINAL_POOLS:
-    raise UserError(f'model.final_pool={config.model.final_pool!r}; choose one of {", ".join(models.FINAL_POOLS)}')
   if config.optimizer.schedule not in SCHEDULES:
     raise UserError(f'optimizer.schedule={config.optimizer.schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if not 0.0 <= config.batch.positive_fraction <= 1.0:

@@ -142,15 +142,14 @@ class ConvBlocks(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    if self.final_pool not in FINAL_POOLS:
-      raise ValueError(f'model.final_pool={self.final_pool!r}; choose one of {", ".join(FINAL_POOLS)}')
+    final_pool = registry.lookup(FINAL_POOLS, self.final_pool, 'model.final_pool')
     for i, features in enumerate(self.features):
       x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
                   name=f'conv{i}')(x)
       if self.norm_groups:
         x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
       x = nn.relu(x)
-      x = FINAL_POOLS[self.final_pool](x) if i == len(self.features) - 1 else max_pool_2x2(x)
+      x = final_pool(x) if i == len(self.features) - 1 else max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     if self.embedding_dim:
       x = nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)

@@ -183,7 +183,7 @@ def test_conv_blocks_pool_the_last_map_as_asked(final_pool, reduce):
       images, conv['kernel'], (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + conv['bias']))
   expected = feature_map[:, :2, :2].max(axis=(1, 2)) if reduce is None else reduce(feature_map, axis=(1, 2))
   chex.assert_trees_all_close(encoder.apply(variables, images), expected, atol=1e-5)
-  with pytest.raises(ValueError, match='final_pool'):
+  with pytest.raises(UserError, match='final_pool'):
     models.ConvBlocks(features=(4,), final_pool='avg').init(jax.random.key(1), images)
 
 
