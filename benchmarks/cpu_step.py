@@ -9,7 +9,9 @@ image, the config's head and loss (episodic softmax over each episode's classes,
 of pair logits), the gradient and an Adam update. No sampling or distortions, which neither side needs to
 share. The two are timed in alternation, call after call, so that both see the same machine; the ratio
 of their medians is what a user choosing between them would see. `--max_pool=reduce_window` runs the
-JAX side with Flax's `nn.max_pool` instead of the project's reshape-and-max pool (the earlier code).
+JAX side with Flax's `nn.max_pool` instead of the project's reshape-and-max pool, and
+`--kernel_grad=whole_batch` with XLA's kernel gradients over the whole batch instead of summed over
+slices of it (each the earlier code).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def define_flags():
   flags.DEFINE_integer('repeats', 20, 'Timed steps on each side (medians are reported).', lower_bound=1)
   flags.DEFINE_integer('warmup', 3, 'Untimed steps on each side first.', lower_bound=0)
   flags.DEFINE_enum('max_pool', 'reshape', ['reshape', 'reduce_window'], 'The JAX side\'s 2x2 max-pool.')
+  flags.DEFINE_enum('kernel_grad', 'sliced', ['sliced', 'whole_batch'],
+                    "The JAX side's convolution kernel gradients: summed over batch slices, or XLA's own.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
@@ -118,6 +122,8 @@ def main(argv):
     labels = np.repeat(np.arange(config.batch.size // config.batch.images_per_class), config.batch.images_per_class)
   if FLAGS.max_pool == 'reduce_window':
     models.max_pool_2x2 = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+  if FLAGS.kernel_grad == 'whole_batch':
+    models.KERNEL_GRAD_SLICE_ELEMENTS = sys.maxsize  # one slice: the whole batch
   sides = {'jax': jax_step(config, images, labels)}
   try:
     sides['pytorch'] = torch_step(config, images, labels)
@@ -128,7 +134,7 @@ def main(argv):
   unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
   print(f'batch {config.batch.size} {unit}, {config.data.image_size}px, {config.model.encoder}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}; median of {FLAGS.repeats} alternated steps, '
-        f'max_pool={FLAGS.max_pool}')
+        f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}')
   print('| side | step ms (min-max) | ' + unit + '/s |')
   print('|---|---:|---:|')
   for name, values in seconds.items():
@@ -138,8 +144,8 @@ def main(argv):
     print(f'JAX step / PyTorch step: {medians["jax"] / medians["pytorch"]:.2f}')
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
-      json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'seconds': seconds}, f, indent=1,
-                default=str)
+      json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'kernel_grad': FLAGS.kernel_grad,
+                 'seconds': seconds}, f, indent=1, default=str)
 
 
 if __name__ == '__main__':

@@ -7,11 +7,13 @@ holding both images of its own pairs), embedded in one batched call, and reshape
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from siamese_jax import distances, registry
 
@@ -58,15 +60,63 @@ def conv_valid_by_rows(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return out
 
 
-class Conv(nn.Conv):
-  """`nn.Conv` (VALID, stride 1) that runs as matrix products (`conv_valid_by_rows`) on the CPU.
+# Input and output elements of the images in one batch slice of a kernel gradient (about 1 MB in float32).
+KERNEL_GRAD_SLICE_ELEMENTS = 2 ** 18
 
-  Only where the input has channels to multiply: with one input channel (Koch's first layer) each
-  product is 10 wide and XLA's own convolution is 6x faster. The parameters are nn.Conv's (same
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated` whose kernel gradient is summed over slices of the batch on the CPU.
+
+  XLA:CPU computes a kernel gradient as one convolution over the whole batch, and for small maps and
+  many images that runs far below its matrix-product speed: the 64->64 3x3 layer on 14x14 maps at batch
+  200 took 75-200 ms, against about 40 ms in slices of 10 images (BENCHMARKS.md). Each slice holds
+  about `KERNEL_GRAD_SLICE_ELEMENTS` input and output elements. Values and the input gradient are XLA's
+  own; accelerators keep XLA's convolution throughout.
+  """
+  conv = lambda x, kernel: lax.conv_general_dilated(x, kernel, window_strides, padding, **kwargs)
+  if jax.default_backend() != 'cpu':
+    return conv(lhs, rhs)
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get('dimension_numbers'))
+  out_shape = jax.eval_shape(conv, lhs, rhs).shape
+  batch, out_batch = numbers.lhs_spec[0], numbers.out_spec[0]
+  per_image = (math.prod(lhs.shape) // lhs.shape[batch]) + (math.prod(out_shape) // out_shape[out_batch])
+  rows = max(1, KERNEL_GRAD_SLICE_ELEMENTS // per_image)
+  if rows >= lhs.shape[batch]:
+    return conv(lhs, rhs)
+
+  @jax.custom_vjp
+  def sliced(x, kernel):
+    return conv(x, kernel)
+
+  def forward(x, kernel):
+    return conv(x, kernel), (x, kernel)
+
+  def backward(saved, grad):
+    x, kernel = saved
+    (x_grad,) = jax.vjp(lambda x: conv(x, kernel), x)[1](grad)
+    kernel_grad = jnp.zeros(kernel.shape, jnp.float32)
+    for start in range(0, x.shape[batch], rows):
+      x_part = lax.slice_in_dim(x, start, min(start + rows, x.shape[batch]), axis=batch)
+      grad_part = lax.slice_in_dim(grad, start, min(start + rows, x.shape[batch]), axis=out_batch)
+      (part,) = jax.vjp(lambda kernel: conv(x_part, kernel), kernel)[1](grad_part)
+      kernel_grad = kernel_grad + part.astype(jnp.float32)
+    return x_grad, kernel_grad.astype(kernel.dtype)
+
+  sliced.defvjp(forward, backward)
+  return sliced(lhs, rhs)
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` with CPU formulations: kernel gradients summed over batch slices (`conv_general_dilated`),
+  and VALID stride-1 layers on inputs with channels to multiply run as matrix products (`conv_valid_by_rows`).
+
+  Products only where the input has 8 or more channels: with one input channel (Koch's first layer)
+  each product is 10 wide and XLA's own convolution is 6x faster. The parameters are nn.Conv's (same
   names and shapes), so checkpoints move freely between backends; accelerators keep XLA's
   convolution, which cuDNN and TPUs run well.
   """
 
+  conv_general_dilated: Callable | None = conv_general_dilated
   min_channels_for_products: int = 8
 
   @nn.compact
@@ -144,7 +194,7 @@ class ConvBlocks(nn.Module):
   def __call__(self, x):
     final_pool = registry.lookup(FINAL_POOLS, self.final_pool, 'model.final_pool')
     for i, features in enumerate(self.features):
-      x = nn.Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
+      x = Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
                   name=f'conv{i}')(x)
       if self.norm_groups:
         x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)

@@ -32,6 +32,22 @@ def test_conv_matches_flax_conv_values_and_gradients(channels, kernel):
                               jax.grad(loss(flax_conv), argnums=(0, 1))(variables, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('batch,images_per_slice', [(7, 3), (6, 6)])
+def test_kernel_gradient_summed_over_batch_slices_matches_flax(monkeypatch, batch, images_per_slice):
+  """Slices of 3, 3 and 1 images give the whole batch's values and gradients; a batch that fits one slice
+  stays one convolution."""
+  x = jax.random.normal(jax.random.key(0), (batch, 9, 7, 4))
+  monkeypatch.setattr(models, 'KERNEL_GRAD_SLICE_ELEMENTS', images_per_slice * 9 * 7 * (4 + 5))
+  ours, flax_conv = models.Conv(5, (3, 3), padding='SAME'), nn.Conv(5, (3, 3), padding='SAME')
+  variables = flax_conv.init(jax.random.key(1), x)
+  loss = lambda layer: lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+  chex.assert_trees_all_close(ours.apply(variables, x), flax_conv.apply(variables, x))
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                              jax.grad(loss(flax_conv), argnums=(0, 1))(variables, x), rtol=1e-5, atol=1e-5)
+  kernel_step = jax.jit(jax.grad(loss(ours))).lower(variables, x).as_text()  # no input gradient needed
+  assert kernel_step.count('stablehlo.convolution') == 1 + -(-batch // images_per_slice)  # forward + slices
+
+
 def test_conv_by_rows_is_a_sum_of_matrix_products():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 4))
