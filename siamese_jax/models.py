@@ -195,7 +195,7 @@ class ConvBlocks(nn.Module):
     final_pool = registry.lookup(FINAL_POOLS, self.final_pool, 'model.final_pool')
     for i, features in enumerate(self.features):
       x = Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
-                  name=f'conv{i}')(x)
+               name=f'conv{i}')(x)
       if self.norm_groups:
         x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
       x = nn.relu(x)
