@@ -132,6 +132,12 @@ def dihedral_views(images: jax.Array) -> list[jax.Array]:
   return turns + [jnp.flip(t, axis=2) for t in turns]
 
 
+def shift_views(images: jax.Array, pixels: int) -> list[jax.Array]:
+  """Images [N, H, W, C] and their shifts by `pixels` down, up, right and left (rolled, so nothing is lost:
+  what leaves one edge, background in a centred drawing, comes back at the other)."""
+  return [images] + [jnp.roll(images, shift, axis) for axis in (1, 2) for shift in (pixels, -pixels)]
+
+
 def dihedral_matrices(key: jax.Array, n: int) -> jax.Array:
   """`n` uniform draws from the eight symmetries of the square: f32 [n, 3, 3], centred coordinates."""
   turns_key, mirror_key = jax.random.split(key)

@@ -84,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 256
   # Evaluate on the mean embedding of each image's quarter turns and mirror images (square images only).
   c.train.eval_average_symmetries = False
+  # > 0: evaluate on the mean embedding of each image and its shifts by this many pixels up, down, left, right.
+  c.train.eval_average_shifts = 0
   # > 0: validate, select and keep for use an exponential moving average of the parameters (e.g. 0.999);
   # 0: the parameters themselves.
   c.train.ema_decay = 0.0
@@ -200,6 +202,9 @@ def validate(config) -> None:
     raise UserError('train.steps_per_call > 1 needs device_resident=True (batches drawn on the device)')
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise UserError(f'train.ema_decay={config.train.ema_decay}; use 0 (off) or a decay in (0, 1), e.g. 0.999')
+  if config.train.eval_average_shifts < 0:
+    raise UserError(f'train.eval_average_shifts={config.train.eval_average_shifts}; use 0 (off) or a number of '
+                    'pixels, e.g. 1')
   if config.optimizer.weight_decay < 0:
     raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)

@@ -29,12 +29,15 @@ class Scorer:
   """Embeds image arrays in sharded batches and scores embedding pairs (higher = more alike).
 
   With `average_symmetries`, an image's embedding is the mean of its eight quarter turns and mirror
-  images' embeddings (back on the unit sphere when the model normalises): for pictures with no up or
-  down, such as cells, whose network was trained on all eight (`augment.dihedral`).
+  images' embeddings: for pictures with no up or down, such as cells, whose network was trained on all
+  eight (`augment.dihedral`). With `average_shifts` = p > 0, the mean over the image and its shifts by p
+  pixels in the four directions (of each symmetry, with both): a drawing and its slightly displaced copies,
+  so that a stroke one pixel off no longer moves the embedding much. The mean goes back on the unit sphere
+  when the model normalises.
   """
 
   def __init__(self, model: models.SiameseNet, params, mesh, batch_size: int = 256,
-               average_symmetries: bool = False):
+               average_symmetries: bool = False, average_shifts: int = 0):
     self.mesh = mesh
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.output_kind = model.head.output_kind
@@ -43,13 +46,17 @@ class Scorer:
     @functools.partial(jax.jit, out_shardings=sharding.batch_sharded(mesh))
     def embed(params, images):
       x = to_float(images)
-      if not average_symmetries:
-        return model.apply({'params': params}, x, method=models.SiameseNet.embed)
-      if x.shape[1] != x.shape[2]:  # Checked while tracing: quarter turns need square images.
-        raise UserError(f'train.eval_average_symmetries needs square images, got {x.shape[1]}x{x.shape[2]}')
-      views = jnp.concatenate(augment.dihedral_views(x))
-      embeddings = model.apply({'params': params}, views, method=models.SiameseNet.embed)
-      mean = embeddings.reshape((8,) + x.shape[:1] + embeddings.shape[1:]).mean(axis=0)
+      views = [x]
+      if average_symmetries:
+        if x.shape[1] != x.shape[2]:  # Checked while tracing: quarter turns need square images.
+          raise UserError(f'train.eval_average_symmetries needs square images, got {x.shape[1]}x{x.shape[2]}')
+        views = augment.dihedral_views(x)
+      if average_shifts:
+        views = [shifted for view in views for shifted in augment.shift_views(view, average_shifts)]
+      embeddings = model.apply({'params': params}, jnp.concatenate(views), method=models.SiameseNet.embed)
+      if len(views) == 1:
+        return embeddings
+      mean = embeddings.reshape((len(views),) + x.shape[:1] + embeddings.shape[1:]).mean(axis=0)
       return distances.unit_length(mean) if model.normalize else mean
 
     @jax.jit
@@ -62,8 +69,10 @@ class Scorer:
 
   @classmethod
   def for_config(cls, config, model: models.SiameseNet, params, mesh) -> Scorer:
-    """The scorer a training config asks for (`train.eval_batch_size`, `train.eval_average_symmetries`)."""
-    return cls(model, params, mesh, config.train.eval_batch_size, config.train.eval_average_symmetries)
+    """The scorer a training config asks for (`train.eval_batch_size`, `train.eval_average_symmetries`,
+    `train.eval_average_shifts`)."""
+    return cls(model, params, mesh, config.train.eval_batch_size, config.train.eval_average_symmetries,
+               config.train.eval_average_shifts)
 
   def set_params(self, params) -> None:
     """Scores with new parameters, reusing the compiled functions (one compilation per run)."""

@@ -252,6 +252,13 @@ def test_negative_weight_decay_is_refused():
     config_schema.validate(config)
 
 
+def test_negative_eval_average_shifts_is_refused():
+  config = tiny_config()
+  config.train.eval_average_shifts = -1
+  with pytest.raises(UserError, match='eval_average_shifts'):
+    config_schema.validate(config)
+
+
 def test_instance_term_adds_to_the_pair_loss_on_the_same_first_view():
   config = tiny_config()
   config.model.head = 'euclidean'

@@ -334,3 +334,38 @@ def test_scorer_averages_the_eight_symmetries(normalize):
   # Quarter turns of a non-square image change its shape: one clear error rather than a failed concatenate.
   with pytest.raises(UserError, match='needs square images, got 9x7'):
     averaged.embed(images[:, :, :7])
+
+
+def test_scorer_averages_one_pixel_shifts_and_composes_with_the_symmetries():
+  c = config_schema.base_config().model
+  c.features, c.kernel_sizes, c.embedding_dim = (4,), (3,), 8
+  model = models.build(c)
+  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
+  images = np.zeros((2, 9, 9, 1), np.uint8)
+  images[:, 4, 4] = 255  # One bright pixel: its shifts are the same pixel one step up, down, left, right.
+  images[1, 2, 6] = 255
+  mesh = sharding.data_mesh()
+  plain = inference.Scorer(model, params, mesh, batch_size=8)
+  shifted = inference.Scorer(model, params, mesh, batch_size=8, average_shifts=1)
+  moved = [np.roll(images, (dy, dx), (1, 2)) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+  expected = np.mean([plain.embed(view) for view in moved], axis=0)
+  chex.assert_trees_all_close(shifted.embed(images), expected, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(expected, plain.embed(images), rtol=1e-3)
+  # With both: the mean over the five shifts of each of the eight symmetries.
+  both = inference.Scorer(model, params, mesh, batch_size=8, average_symmetries=True, average_shifts=1)
+  views = [v for d in augment.dihedral_views(jnp.asarray(images)) for v in augment.shift_views(d, 1)]
+  chex.assert_shape(views, [(2, 9, 9, 1)] * 40)
+  expected_both = np.mean([plain.embed(np.asarray(view)) for view in views], axis=0)
+  chex.assert_trees_all_close(both.embed(images), expected_both, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_average_shifts_comes_from_the_config():
+  config = config_schema.base_config()
+  config.model.features, config.model.kernel_sizes, config.model.embedding_dim = (4,), (3,), 8
+  config.train.eval_average_shifts = 2
+  model = models.build(config.model)
+  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
+  images = np.random.default_rng(0).integers(0, 256, (3, 9, 9, 1), np.uint8)
+  scorer = inference.Scorer.for_config(config, model, params, sharding.data_mesh())
+  direct = inference.Scorer(model, params, sharding.data_mesh(), average_shifts=2)
+  chex.assert_trees_all_close(scorer.embed(images), direct.embed(images))
