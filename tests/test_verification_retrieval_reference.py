@@ -310,12 +310,17 @@ def test_real_scorer_through_run_all():
   chex.assert_trees_all_close(evals['verify'].scores(scorer), direct, rtol=1e-5)
 
 
-@pytest.mark.parametrize('normalize', [False, True])
-def test_scorer_averages_the_eight_symmetries(normalize):
+def tiny_tower(normalize=False):
+  """One 3x3 block and an 8-d embedding for 9x9 images: (model, params)."""
   c = config_schema.base_config().model
   c.features, c.kernel_sizes, c.embedding_dim, c.normalize_embeddings = (4,), (3,), 8, normalize
   model = models.build(c)
-  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
+  return model, models.init_params(model, (9, 9, 1), jax.random.key(0))
+
+
+@pytest.mark.parametrize('normalize', [False, True])
+def test_scorer_averages_the_eight_symmetries(normalize):
+  model, params = tiny_tower(normalize)
   images = np.random.default_rng(0).integers(0, 256, (6, 9, 9, 1), np.uint8)
   plain = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8)
   averaged = inference.Scorer(model, params, sharding.data_mesh(), batch_size=8, average_symmetries=True)
@@ -337,10 +342,7 @@ def test_scorer_averages_the_eight_symmetries(normalize):
 
 
 def test_scorer_averages_one_pixel_shifts_and_composes_with_the_symmetries():
-  c = config_schema.base_config().model
-  c.features, c.kernel_sizes, c.embedding_dim = (4,), (3,), 8
-  model = models.build(c)
-  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
+  model, params = tiny_tower()
   images = np.zeros((2, 9, 9, 1), np.uint8)
   images[:, 4, 4] = 255  # One bright pixel: its shifts are the same pixel one step up, down, left, right.
   images[1, 2, 6] = 255
@@ -361,10 +363,8 @@ def test_scorer_averages_one_pixel_shifts_and_composes_with_the_symmetries():
 
 def test_eval_average_shifts_comes_from_the_config():
   config = config_schema.base_config()
-  config.model.features, config.model.kernel_sizes, config.model.embedding_dim = (4,), (3,), 8
   config.train.eval_average_shifts = 2
-  model = models.build(config.model)
-  params = models.init_params(model, (9, 9, 1), jax.random.key(0))
+  model, params = tiny_tower()
   images = np.random.default_rng(0).integers(0, 256, (3, 9, 9, 1), np.uint8)
   scorer = inference.Scorer.for_config(config, model, params, sharding.data_mesh())
   direct = inference.Scorer(model, params, sharding.data_mesh(), average_shifts=2)
