@@ -11,7 +11,8 @@ share. The two are timed in alternation, call after call, so that both see the s
 of their medians is what a user choosing between them would see. `--max_pool=reduce_window` runs the
 JAX side with Flax's `nn.max_pool` instead of the project's reshape-and-max pool, and
 `--kernel_grad=whole_batch` with XLA's kernel gradients over the whole batch instead of summed over
-slices of it (each the earlier code).
+slices of it, and `--group_norm=flax` with Flax's `nn.GroupNorm` instead of the project's (each the
+earlier code).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def define_flags():
   flags.DEFINE_enum('max_pool', 'reshape', ['reshape', 'reduce_window'], 'The JAX side\'s 2x2 max-pool.')
   flags.DEFINE_enum('kernel_grad', 'sliced', ['sliced', 'whole_batch'],
                     "The JAX side's convolution kernel gradients: summed over batch slices, or XLA's own.")
+  flags.DEFINE_enum('group_norm', 'sums', ['sums', 'flax'],
+                    "The JAX side's GroupNorm: from per-channel sums (models.GroupNorm), or Flax's.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
@@ -124,6 +127,8 @@ def main(argv):
     models.max_pool_2x2 = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
   if FLAGS.kernel_grad == 'whole_batch':
     models.KERNEL_GRAD_SLICE_ELEMENTS = sys.maxsize  # one slice: the whole batch
+  if FLAGS.group_norm == 'flax':
+    models.GroupNorm = nn.GroupNorm
   sides = {'jax': jax_step(config, images, labels)}
   try:
     sides['pytorch'] = torch_step(config, images, labels)
@@ -134,7 +139,7 @@ def main(argv):
   unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
   print(f'batch {config.batch.size} {unit}, {config.data.image_size}px, {config.model.encoder}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}; median of {FLAGS.repeats} alternated steps, '
-        f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}')
+        f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}, group_norm={FLAGS.group_norm}')
   print('| side | step ms (min-max) | ' + unit + '/s |')
   print('|---|---:|---:|')
   for name, values in seconds.items():
@@ -145,7 +150,7 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'kernel_grad': FLAGS.kernel_grad,
-                 'seconds': seconds}, f, indent=1, default=str)
+                 'group_norm': FLAGS.group_norm, 'seconds': seconds}, f, indent=1, default=str)
 
 
 if __name__ == '__main__':

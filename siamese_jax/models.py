@@ -132,6 +132,40 @@ class Conv(nn.Conv):
     return y if bias is None else y + bias
 
 
+class GroupNorm(nn.Module):
+  """`nn.GroupNorm` (same parameters, values to float tolerance) computed from per-channel sums.
+
+  The statistics are sums over the positions of each channel, added up by group afterwards, and the
+  normalisation is one scale and shift per image and channel. Flax reduces over a [N, ..., G, C/G] view
+  whose group axis sits between the reduced ones; on XLA:CPU that reduction and its gradient took 45 ms
+  of a 32->32 layer at batch 200 on 32x32 maps against 14 ms this way (BENCHMARKS.md).
+  """
+
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Dtype = None
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f'GroupNorm: {channels} channels do not split into {self.num_groups} groups')
+    scale = self.param('scale', nn.initializers.ones, (channels,))
+    bias = self.param('bias', nn.initializers.zeros, (channels,))
+    per_group = channels // self.num_groups
+    flat = x.reshape(x.shape[0], -1, channels).astype(jnp.float32)
+    count = flat.shape[1] * per_group
+    group_sum = lambda values: values.sum(1).reshape(-1, self.num_groups, per_group).sum(-1)  # [N, G]
+    mean = group_sum(flat) / count
+    variance = jnp.maximum(group_sum(flat * flat) / count - mean * mean, 0.0)  # Flax's fast variance
+    per_channel = lambda values: jnp.repeat(values, per_group, axis=1)  # [N, G] -> [N, C]
+    multiplier = per_channel(lax.rsqrt(variance + self.epsilon)) * scale
+    shift = bias - per_channel(mean) * multiplier
+    expand = (x.shape[0],) + (1,) * (x.ndim - 2) + (channels,)
+    y = x.astype(jnp.float32) * multiplier.reshape(expand) + shift.reshape(expand)
+    return y.astype(self.dtype or x.dtype)
+
+
 class ConvTower(nn.Module):
   """Koch et al. (2015)'s convolutional tower, with the paper's initialisation.
 
@@ -197,7 +231,7 @@ class ConvBlocks(nn.Module):
       x = Conv(features, (3, 3), padding='SAME', use_bias=not self.norm_groups, dtype=self.dtype,
                name=f'conv{i}')(x)
       if self.norm_groups:
-        x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
+        x = GroupNorm(num_groups=self.norm_groups, dtype=self.dtype, name=f'norm{i}')(x)
       x = nn.relu(x)
       x = final_pool(x) if i == len(self.features) - 1 else max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
@@ -215,7 +249,7 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    norm = lambda name: nn.GroupNorm(num_groups=min(32, self.features // 4), dtype=self.dtype, name=name)
+    norm = lambda name: GroupNorm(num_groups=min(32, self.features // 4), dtype=self.dtype, name=name)
     y = nn.relu(norm('norm0')(x))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -243,7 +277,7 @@ class ResNet(nn.Module):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1
         x = ResidualBlock(features, strides, dtype=self.dtype, name=f'stage{stage}_block{block}')(x)
-    x = nn.relu(nn.GroupNorm(num_groups=min(32, x.shape[-1] // 4), dtype=self.dtype, name='norm')(x))
+    x = nn.relu(GroupNorm(num_groups=min(32, x.shape[-1] // 4), dtype=self.dtype, name='norm')(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)
 

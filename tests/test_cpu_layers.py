@@ -55,3 +55,16 @@ def test_conv_by_rows_is_a_sum_of_matrix_products():
   chex.assert_trees_all_close(models.conv_valid_by_rows(x, kernel), expected, atol=1e-4)
   jaxpr = str(jax.make_jaxpr(models.conv_valid_by_rows)(x, kernel))
   assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 3
+
+
+@pytest.mark.parametrize('shape,groups', [((3, 5, 7, 8), 4), ((2, 4, 4, 16), 8), ((4, 6), 2)])
+def test_group_norm_matches_flax_values_and_gradients(shape, groups):
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), shape)  # off-centre, not unit variance
+  ours, flax_norm = models.GroupNorm(num_groups=groups), nn.GroupNorm(num_groups=groups)
+  variables = flax_norm.init(jax.random.key(1), x)
+  chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), variables)  # checkpoints interchange
+  variables = jax.tree.map(lambda v: v + jax.random.normal(jax.random.key(2), v.shape), variables)
+  chex.assert_trees_all_close(ours.apply(variables, x), flax_norm.apply(variables, x), atol=1e-5)
+  loss = lambda layer: lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                              jax.grad(loss(flax_norm), argnums=(0, 1))(variables, x), rtol=1e-4, atol=1e-4)
