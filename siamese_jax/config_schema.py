@@ -205,6 +205,12 @@ def validate(config) -> None:
   if config.train.eval_average_shifts < 0:
     raise UserError(f'train.eval_average_shifts={config.train.eval_average_shifts}; use 0 (off) or a number of '
                     'pixels, e.g. 1')
+  if config.model.encoder == 'conv_blocks' and config.model.norm_groups:
+    uneven = [f for f in config.model.features if config.model.norm_groups < 0 or f % config.model.norm_groups]
+    if uneven:
+      raise UserError(f'model.norm_groups={config.model.norm_groups} must split every block of model.features='
+                      f'{tuple(config.model.features)} into equal groups ({uneven[0]} does not); use 0 for no '
+                      'normaliser')
   if config.optimizer.weight_decay < 0:
     raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)

@@ -153,7 +153,8 @@ class GroupNorm(nn.Module):
     scale = self.param('scale', nn.initializers.ones, (channels,))
     bias = self.param('bias', nn.initializers.zeros, (channels,))
     per_group = channels // self.num_groups
-    flat = x.reshape(x.shape[0], -1, channels).astype(jnp.float32)
+    x32 = x.astype(jnp.float32)
+    flat = x32.reshape(x.shape[0], -1, channels)
     count = flat.shape[1] * per_group
     group_sum = lambda values: values.sum(1).reshape(-1, self.num_groups, per_group).sum(-1)  # [N, G]
     mean = group_sum(flat) / count
@@ -162,7 +163,7 @@ class GroupNorm(nn.Module):
     multiplier = per_channel(lax.rsqrt(variance + self.epsilon)) * scale
     shift = bias - per_channel(mean) * multiplier
     expand = (x.shape[0],) + (1,) * (x.ndim - 2) + (channels,)
-    y = x.astype(jnp.float32) * multiplier.reshape(expand) + shift.reshape(expand)
+    y = x32 * multiplier.reshape(expand) + shift.reshape(expand)
     return y.astype(self.dtype or x.dtype)
 
 

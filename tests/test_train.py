@@ -367,3 +367,13 @@ def test_moving_average_decay_must_lie_below_one():
   config = tiny_config(ema_decay=1.0)
   with pytest.raises(UserError, match='ema_decay'):
     config_schema.validate(config)
+
+
+@pytest.mark.parametrize('groups', [8, -2])
+def test_norm_groups_that_do_not_split_every_block_are_refused(groups):
+  config = tiny_config()
+  config.model.encoder, config.model.features, config.model.norm_groups = 'conv_blocks', (16, 12), groups
+  with pytest.raises(UserError, match='model.norm_groups'):
+    config_schema.validate(config)
+  config.model.norm_groups = 4
+  config_schema.validate(config)
