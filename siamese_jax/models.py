@@ -241,6 +241,13 @@ class ConvBlocks(nn.Module):
     return x
 
 
+def resnet_norm_groups(width: int) -> int:
+  """GroupNorm groups for a residual stage `width` channels wide: about four channels a group, at most 32
+  groups, and always a divisor of the width, so that any stage width builds."""
+  most = max(1, min(32, width // 4))
+  return max(groups for groups in range(1, most + 1) if width % groups == 0)
+
+
 class ResidualBlock(nn.Module):
   """Pre-activation residual block with GroupNorm (no batch statistics to carry in the state)."""
 
@@ -250,7 +257,7 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    norm = lambda name: GroupNorm(num_groups=min(32, self.features // 4), dtype=self.dtype, name=name)
+    norm = lambda name: GroupNorm(num_groups=resnet_norm_groups(self.features), dtype=self.dtype, name=name)
     y = nn.relu(norm('norm0')(x))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -278,7 +285,7 @@ class ResNet(nn.Module):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1
         x = ResidualBlock(features, strides, dtype=self.dtype, name=f'stage{stage}_block{block}')(x)
-    x = nn.relu(GroupNorm(num_groups=min(32, x.shape[-1] // 4), dtype=self.dtype, name='norm')(x))
+    x = nn.relu(GroupNorm(num_groups=resnet_norm_groups(x.shape[-1]), dtype=self.dtype, name='norm')(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.embedding_dim, dtype=self.dtype, name='embedding')(x)
 

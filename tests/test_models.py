@@ -75,6 +75,18 @@ def test_distance_heads():
   assert models.similarity(jnp.array([2.0]), 'distance')[0] == -2.0
 
 
+@pytest.mark.parametrize('width, groups', [(8, 2), (32, 8), (64, 16), (128, 32), (256, 32), (30, 6), (7, 1), (2, 1)])
+def test_resnet_norm_groups_divide_any_width(width, groups):
+  assert models.resnet_norm_groups(width) == groups
+
+
+def test_resnet_encoder_with_a_width_four_does_not_divide():
+  model = small_model(encoder='resnet', features=(6, 30), embedding_dim=4, head='euclidean', blocks_per_stage=1)
+  pairs = jax.random.uniform(jax.random.key(0), (2, 2, 16, 16, 1))
+  variables = model.init(jax.random.key(1), pairs)
+  chex.assert_shape(model.apply(variables, pairs), (2,))
+
+
 def test_resnet_encoder():
   model = small_model(encoder='resnet', features=(8, 16), embedding_dim=12, head='euclidean', blocks_per_stage=1)
   pairs = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 3))
