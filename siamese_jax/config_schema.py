@@ -206,7 +206,9 @@ def validate(config) -> None:
     raise UserError(f'train.eval_average_shifts={config.train.eval_average_shifts}; use 0 (off) or a number of '
                     'pixels, e.g. 1')
   if config.model.encoder == 'conv_blocks' and config.model.norm_groups:
-    uneven = [f for f in config.model.features if config.model.norm_groups < 0 or f % config.model.norm_groups]
+    if config.model.norm_groups < 0:
+      raise UserError(f'model.norm_groups={config.model.norm_groups}; use a number of groups, or 0 for no normaliser')
+    uneven = [f for f in config.model.features if f % config.model.norm_groups]
     if uneven:
       raise UserError(f'model.norm_groups={config.model.norm_groups} must split every block of model.features='
                       f'{tuple(config.model.features)} into equal groups ({uneven[0]} does not); use 0 for no '
