@@ -11,8 +11,9 @@ share. The two are timed in alternation, call after call, so that both see the s
 of their medians is what a user choosing between them would see. `--max_pool=reduce_window` runs the
 JAX side with Flax's `nn.max_pool` instead of the project's reshape-and-max pool, and
 `--kernel_grad=whole_batch` with XLA's kernel gradients over the whole batch instead of summed over
-slices of it, and `--group_norm=flax` with Flax's `nn.GroupNorm` instead of the project's (each the
-earlier code).
+slices of it, `--group_norm=flax` with Flax's `nn.GroupNorm` instead of the project's, and
+`--conv3x3=xla` with XLA's convolution for the wide 3x3 layers that otherwise run by Winograd's
+algorithm (each the earlier code).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def define_flags():
                     "The JAX side's convolution kernel gradients: summed over batch slices, or XLA's own.")
   flags.DEFINE_enum('group_norm', 'sums', ['sums', 'flax'],
                     "The JAX side's GroupNorm: from per-channel sums (models.GroupNorm), or Flax's.")
+  flags.DEFINE_enum('conv3x3', 'winograd', ['winograd', 'xla'],
+                    "The JAX side's wide 3x3 layers on small maps: Winograd's algorithm, or XLA's convolution.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
@@ -129,6 +132,8 @@ def main(argv):
     models.KERNEL_GRAD_SLICE_ELEMENTS = sys.maxsize  # one slice: the whole batch
   if FLAGS.group_norm == 'flax':
     models.GroupNorm = nn.GroupNorm
+  if FLAGS.conv3x3 == 'xla':
+    models.WINOGRAD_MIN_CHANNELS = sys.maxsize  # no layer is wide enough
   sides = {'jax': jax_step(config, images, labels)}
   try:
     sides['pytorch'] = torch_step(config, images, labels)
@@ -139,7 +144,8 @@ def main(argv):
   unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
   print(f'batch {config.batch.size} {unit}, {config.data.image_size}px, {config.model.encoder}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}; median of {FLAGS.repeats} alternated steps, '
-        f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}, group_norm={FLAGS.group_norm}')
+        f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}, group_norm={FLAGS.group_norm}, '
+        f'conv3x3={FLAGS.conv3x3}')
   print('| side | step ms (min-max) | ' + unit + '/s |')
   print('|---|---:|---:|')
   for name, values in seconds.items():
@@ -150,7 +156,7 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'kernel_grad': FLAGS.kernel_grad,
-                 'group_norm': FLAGS.group_norm, 'seconds': seconds}, f, indent=1, default=str)
+                 'group_norm': FLAGS.group_norm, 'conv3x3': FLAGS.conv3x3, 'seconds': seconds}, f, indent=1, default=str)
 
 
 if __name__ == '__main__':

@@ -57,6 +57,36 @@ def test_conv_by_rows_is_a_sum_of_matrix_products():
   assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 3
 
 
+def _xla_conv_same(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('shape,features', [((2, 4, 4, 5), 3), ((3, 8, 12, 2), 4)])
+def test_winograd_conv3x3_matches_xla_values_and_gradients(shape, features):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], features))
+  chex.assert_trees_all_close(models.winograd_conv3x3(x, kernel), _xla_conv_same(x, kernel), atol=1e-4)
+  weights = jax.random.normal(jax.random.key(2), shape[:-1] + (features,))
+  grad = lambda conv: jax.grad(lambda x, k: jnp.sum(conv(x, k) * weights), argnums=(0, 1))(x, kernel)
+  chex.assert_trees_all_close(grad(models.winograd_conv3x3), grad(_xla_conv_same), atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,by_winograd', [((2, 8, 8, 4), True), ((2, 8, 8, 3), False),
+                                                ((2, 6, 8, 4), False), ((2, 20, 20, 4), False)])
+def test_conv_takes_winograd_on_wide_inputs_and_small_maps(monkeypatch, shape, by_winograd):
+  """From WINOGRAD_MIN_CHANNELS input channels, on maps with sides in multiples of 4 up to
+  WINOGRAD_MAX_SIDE; either way Flax's values and gradients."""
+  monkeypatch.setattr(models, 'WINOGRAD_MIN_CHANNELS', 4)
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours, flax_conv = models.Conv(5, (3, 3), padding='SAME'), nn.Conv(5, (3, 3), padding='SAME')
+  variables = flax_conv.init(jax.random.key(1), x)
+  assert ('conv_general_dilated' not in str(jax.make_jaxpr(ours.apply)(variables, x))) == by_winograd
+  chex.assert_trees_all_close(ours.apply(variables, x), flax_conv.apply(variables, x), atol=1e-4)
+  loss = lambda layer: lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(variables, x),
+                              jax.grad(loss(flax_conv), argnums=(0, 1))(variables, x), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('shape,groups', [((3, 5, 7, 8), 4), ((2, 4, 4, 16), 8), ((4, 6), 2)])
 def test_group_norm_matches_flax_values_and_gradients(shape, groups):
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), shape)  # off-centre, not unit variance
