@@ -121,9 +121,8 @@ _WINOGRAD_INPUT = np.kron(_WINOGRAD_BT, _WINOGRAD_BT)  # [36, 36]
 _WINOGRAD_KERNEL = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # [36, 9]
 _WINOGRAD_OUTPUT = np.kron(_WINOGRAD_AT, _WINOGRAD_AT)  # [16, 36]
 
-# Where a SAME 3x3 layer runs by Winograd's algorithm on the CPU (see `Conv`): input channels and map sides.
+# Input channels from which a SAME 3x3 layer runs by Winograd's algorithm on the CPU (see `Conv`).
 WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MAX_SIDE = 16
 
 
 def _winograd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -176,15 +175,15 @@ winograd_conv3x3.defvjp(_winograd_forward, _winograd_backward)
 class Conv(nn.Conv):
   """`nn.Conv` with CPU formulations: kernel gradients summed over batch slices (`conv_general_dilated`),
   VALID stride-1 layers on inputs with channels to multiply run as matrix products (`conv_valid_by_rows`),
-  and SAME 3x3 layers on wide inputs and small maps by Winograd's algorithm (`winograd_conv3x3`).
+  and SAME 3x3 layers on wide inputs by Winograd's algorithm (`winograd_conv3x3`).
 
   Products only where the input has 8 or more channels: with one input channel (Koch's first layer)
-  each product is 10 wide and XLA's own convolution is 6x faster. Winograd only from 128 input channels
-  on maps of at most 16x16: there its three passes beat XLA's (256->512 on 4x4 maps at batch 200: 122
-  against 178 ms), while on narrower inputs or larger maps its transforms cost more than the
-  multiplications it saves (64->64 on 16x16: 178 against 110 ms; BENCHMARKS.md). The parameters are
-  nn.Conv's (same names and shapes), so checkpoints move freely between backends; accelerators keep
-  XLA's convolution, which cuDNN and TPUs run well.
+  each product is 10 wide and XLA's own convolution is 6x faster. Winograd from 128 input channels, on
+  maps whose sides are multiples of 4: there its three passes beat XLA's on every layer measured (256->512
+  on 4x4 maps at batch 200: 86 against 165 ms; 128->128 on 64x64: 144 against 210 ms), while on narrower
+  inputs its transforms can cost more than the multiplications it saves (32->64 on 16x16 maps: 87
+  against 43 ms; BENCHMARKS.md). The parameters are nn.Conv's (same names and shapes), so checkpoints
+  move freely between backends; accelerators keep XLA's convolution, which cuDNN and TPUs run well.
   """
 
   conv_general_dilated: Callable | None = conv_general_dilated
@@ -211,8 +210,7 @@ class Conv(nn.Conv):
       return conv_valid_by_rows
     if (self.padding == 'SAME' and tuple(self.kernel_size) == (3, 3) and inputs.ndim == 4
         and inputs.dtype == jnp.float32 and self.dtype in (None, jnp.float32)
-        and inputs.shape[-1] >= WINOGRAD_MIN_CHANNELS
-        and all(side % 4 == 0 and side <= WINOGRAD_MAX_SIDE for side in inputs.shape[1:3])):
+        and inputs.shape[-1] >= WINOGRAD_MIN_CHANNELS and inputs.shape[1] % 4 == 0 and inputs.shape[2] % 4 == 0):
       return winograd_conv3x3
     return None
 

@@ -2,20 +2,31 @@
 
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 from conftest import REPO
 
 from configs import omniglot as omniglot_config
+from siamese_jax import models
 
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of the repository, not of the package
-from benchmarks import cpu_step, throughput  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+from benchmarks import conv_layers, cpu_step, throughput  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 
 
 def test_importable_beside_the_throughput_benchmark():
   """Both are imported above in one process: neither may claim absl's --config on import."""
   assert 'config' in throughput.FLAGS and callable(cpu_step.define_flags)
+
+
+def test_conv_layer_benchmark_times_two_formulations_of_one_layer():
+  keys = jax.random.split(jax.random.key(0), 3)
+  args = (jax.random.normal(keys[0], (2, 4, 8, 3)), jax.random.normal(keys[1], (3, 3, 3, 5)),
+          jax.random.normal(keys[2], (2, 4, 8, 5)))
+  xla, winograd = (conv_layers.pass_and_gradients(conv) for conv in (conv_layers.xla_conv, models.winograd_conv3x3))
+  chex.assert_trees_all_close(winograd(*args), xla(*args), atol=1e-4)
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(winograd)(*args))
 
 
 def tiny_config(name):
@@ -49,7 +60,6 @@ def test_pytorch_reference_matches_the_flax_tower_shapes():
     config = tiny_config(name)
     network = torch_reference.build(config)
     count = sum(p.numel() for p in network.parameters())
-    from siamese_jax import models  # pylint: disable=g-import-not-at-top
     params = models.init_params(models.build(config.model), (16, 16, 1), jax.random.key(0))
     assert count == sum(p.size for p in jax.tree.leaves(params))
     x = torch.rand(8, 1, 16, 16)
@@ -62,7 +72,6 @@ def test_pytorch_conv_blocks_compute_the_flax_embedding(final_pool):
   """With the Flax weights copied in, the reference tower gives the same embeddings: the same arithmetic."""
   torch = pytest.importorskip('torch', reason='PyTorch comes with the benchmark extra only')
   from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
-  from siamese_jax import models  # pylint: disable=g-import-not-at-top
   config = tiny_config('cpu')
   config.data.image_size, config.model.features, config.model.final_pool = 12, (8, 8, 16), final_pool  # 12 -> 6 -> 3
   config.model.norm_groups = 2  # enough values per group on the last 1x1 map for a well-conditioned variance
