@@ -48,7 +48,7 @@ def define_flags():
   flags.DEFINE_enum('group_norm', 'sums', ['sums', 'flax'],
                     "The JAX side's GroupNorm: from per-channel sums (models.GroupNorm), or Flax's.")
   flags.DEFINE_enum('conv3x3', 'winograd', ['winograd', 'xla'],
-                    "The JAX side's wide 3x3 layers on small maps: Winograd's algorithm, or XLA's convolution.")
+                    "The JAX side's wide 3x3 layers: Winograd's algorithm, or XLA's convolution.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
@@ -156,7 +156,8 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'kernel_grad': FLAGS.kernel_grad,
-                 'group_norm': FLAGS.group_norm, 'conv3x3': FLAGS.conv3x3, 'seconds': seconds}, f, indent=1, default=str)
+                 'group_norm': FLAGS.group_norm, 'conv3x3': FLAGS.conv3x3, 'seconds': seconds},
+                f, indent=1, default=str)
 
 
 if __name__ == '__main__':

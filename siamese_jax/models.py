@@ -8,13 +8,12 @@ holding both images of its own pairs), embedded in one batched call, and reshape
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from siamese_jax import distances, registry

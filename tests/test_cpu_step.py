@@ -20,7 +20,7 @@ def test_importable_beside_the_throughput_benchmark():
   assert 'config' in throughput.FLAGS and callable(cpu_step.define_flags)
 
 
-def test_conv_layer_benchmark_times_two_formulations_of_one_layer():
+def test_conv_layer_benchmark_sides_compute_the_same_layer():
   keys = jax.random.split(jax.random.key(0), 3)
   args = (jax.random.normal(keys[0], (2, 4, 8, 3)), jax.random.normal(keys[1], (3, 3, 3, 5)),
           jax.random.normal(keys[2], (2, 4, 8, 5)))
