@@ -68,7 +68,8 @@ def get_config(variant: str = ''):
     config.optimizer.schedule = 'cosine'
     config.optimizer.decay_steps = 2200
     config.train.eval_average_shifts = 1  # a stroke a pixel off moves the mean embedding less
-    config.train.num_steps = 2200  # 16-19 minutes on two cores (2400 steps took 19.1 in a busy hour: too close to 20)
+    config.train.num_steps = 2200  # about 15 training minutes on a quiet 2-core machine
+    config.train.time_budget_minutes = 18.0  # a slower machine stops here, decay complete: 20 minutes in all
     config.train.log_every = 100
     config.train.eval_every = 440  # five validations: each embeds five shifted views of every image
   if variant == 'final':

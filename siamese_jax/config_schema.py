@@ -8,6 +8,8 @@ those plug-ins' declared keys and signatures (see `registry`), without reading a
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from siamese_jax import augment, datasets, evaluators, losses, models, registry
@@ -81,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1000
   c.train.best_metric = 'oneshot_20way/accuracy'
   c.train.patience = 0  # validations without improvement before stopping; 0 = never stop early
+  # > 0: training also stops once this many minutes (validations included) have passed since step 0, and a
+  # cosine schedule decays by whichever of steps and minutes is further along; 0 = no limit.
+  c.train.time_budget_minutes = 0.0
   c.train.eval_batch_size = 256
   # Evaluate on the mean embedding of each image's quarter turns and mirror images (square images only).
   c.train.eval_average_symmetries = False
@@ -216,6 +221,9 @@ def validate(config) -> None:
   if config.optimizer.weight_decay < 0:
     raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)
+  budget = config.train.time_budget_minutes
+  if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+    raise UserError(f'train.time_budget_minutes={budget!r}; use 0 (no limit) or a positive number of minutes')
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')
   if config.train.checkpoint_every.steps < 0 or config.train.checkpoint_every.minutes < 0:

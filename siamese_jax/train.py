@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.serialization
 import flax.struct
@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from siamese_jax import augment, checkpoints, config_schema, datasets, evaluators, inference, losses, models
 from siamese_jax import files, plots, preemption, registry, samplers, sharding
@@ -47,20 +48,51 @@ def make_optimizer(optimizer_config) -> optax.GradientTransformation:
   With `weight_decay` > 0 it is AdamW: weights shrink by learning_rate * weight_decay each step,
   decoupled from the gradient statistics, and only kernels (ndim > 1) shrink, not biases or norm scales.
   """
-  schedule = learning_rate_schedule(optimizer_config)
-  if not optimizer_config.weight_decay:
-    return optax.adam(schedule)
-  return optax.adamw(schedule, weight_decay=optimizer_config.weight_decay,
-                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
-
-
-def learning_rate_schedule(optimizer_config):
-  """'staircase': times `decay_rate` every `decay_steps`; 'cosine': a half cosine down to 0 at `decay_steps`
-  (Loshchilov & Hutter 2017), for a run of known length such as the CPU Omniglot config."""
   if optimizer_config.schedule == 'cosine':
-    return optax.cosine_decay_schedule(optimizer_config.learning_rate, optimizer_config.decay_steps)
+    rate = scale_by_cosine_decay(optimizer_config)
+  else:
+    rate = optax.scale_by_learning_rate(learning_rate_schedule(optimizer_config))
+  decay = []
+  if optimizer_config.weight_decay:
+    decay = [optax.add_decayed_weights(optimizer_config.weight_decay,
+                                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))]
+  return optax.chain(optax.scale_by_adam(), *decay, rate)
+
+
+def learning_rate_schedule(optimizer_config, time_progress=0.0):
+  """count -> learning rate. 'staircase': times `decay_rate` every `decay_steps`; 'cosine': a half cosine
+  down to 0 at `decay_steps` (Loshchilov & Hutter 2017), for a run of known length such as the CPU Omniglot
+  config, or sooner where `time_progress` (the fraction of `train.time_budget_minutes` spent) is further
+  along than the steps: a run on a slower machine then still ends its decay within its budget."""
+  if optimizer_config.schedule == 'cosine':
+    def cosine(count):
+      progress = jnp.minimum(jnp.maximum(count / optimizer_config.decay_steps, time_progress), 1.0)
+      return optimizer_config.learning_rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return cosine
   return optax.exponential_decay(optimizer_config.learning_rate, optimizer_config.decay_steps,
                                  optimizer_config.decay_rate, staircase=True)
+
+
+class CosineDecayState(NamedTuple):
+  count: jax.Array
+  time_progress: jax.Array  # written by the training loop under train.time_budget_minutes, else 0
+
+
+def scale_by_cosine_decay(optimizer_config) -> optax.GradientTransformation:
+  """-rate * updates, the rate on the cosine of `learning_rate_schedule`; the state carries the time
+  progress so that the jitted steps read the loop's clock without being traced again."""
+
+  def init(params):
+    del params
+    return CosineDecayState(count=jnp.zeros([], jnp.int32), time_progress=jnp.zeros([], jnp.float32))
+
+  def update(updates, state, params=None):
+    del params
+    rate = learning_rate_schedule(optimizer_config, state.time_progress)(state.count)
+    updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates)
+    return updates, state._replace(count=optax.safe_int32_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
 
 
 def init_state(config, model, tx, image_shape, key) -> TrainState:
@@ -304,12 +336,13 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
     steps_per_call = 1
 
   scorer = inference.Scorer.for_config(config, model, state.eval_params, mesh)
-  schedule = learning_rate_schedule(config.optimizer)
   num_steps = config.train.num_steps
   sums, count, last_time, last_step = None, 0, time.perf_counter(), start_step
   # Training seconds (validation included) since step 0, carried over a resume: time to an accuracy.
   elapsed_before = history[-1].get('elapsed_s', 0.0) if history else 0.0
   run_start = last_time
+  budget_s = 60.0 * config.train.time_budget_minutes
+  time_progress = _time_progress(elapsed_before, budget_s)
   train_means = {}
   step = start_step
   stop_reason = f'reached train.num_steps={num_steps}'
@@ -317,7 +350,12 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
   guard = _DivergenceGuard(manager, start_step if start_step else None, config.train.skip_nonfinite_steps,
                            history[-1].get('skipped_steps', 0) if history else 0)
   while step < num_steps:
+    if time_progress >= 1.0:
+      stop_reason = f'reached train.time_budget_minutes={config.train.time_budget_minutes:g}'
+      break
     first = step + 1
+    if budget_s and config.optimizer.schedule == 'cosine':
+      state = with_time_progress(state, time_progress, state_sharding)
     if config.device_resident:
       state, step_sums = step_fn(state, data, train_key)
     else:
@@ -327,9 +365,11 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
     count += steps_per_call
     sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
     guard.queued(first, step, step_sums['loss'])
+    time_progress = _time_progress(elapsed_before + time.perf_counter() - run_start, budget_s)
+    out_of_time = time_progress >= 1.0
 
-    log_step = step % config.train.log_every < steps_per_call or step >= num_steps
-    eval_step = step % config.train.eval_every < steps_per_call or step >= num_steps
+    log_step = step % config.train.log_every < steps_per_call or step >= num_steps or out_of_time
+    eval_step = step % config.train.eval_every < steps_per_call or step >= num_steps or out_of_time
     stop = notice.requested(step)
     save_step = eval_step or stop or cadence.due(step, log_step)
     if log_step or save_step:
@@ -343,10 +383,11 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       now = time.perf_counter()
       rate = (step - last_step) * config.batch.size / (now - last_time)
       unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
-      train_means = _log_line(step, num_steps, sums, count, float(schedule(step)), rate, unit, guard.skipped_steps)
+      lr = float(learning_rate_schedule(config.optimizer, time_progress)(step))
+      train_means = _log_line(step, num_steps, sums, count, lr, rate, unit, guard.skipped_steps)
       if writer:
-        writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': float(
-            schedule(step)), f'train/{unit}_per_second': rate} | guard.skipped_scalars(), step)
+        writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': lr,
+                      f'train/{unit}_per_second': rate} | guard.skipped_scalars(), step)
       sums, count, last_time, last_step = None, 0, time.perf_counter(), step
       guard.logged()
 
@@ -393,6 +434,22 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       _write_results(workdir, best_step, minutes, results, splits['train'].source)
     best.update({f'test/{k}': v for k, v in results.items()})
   return best
+
+
+def _time_progress(elapsed_s: float, budget_s: float) -> float:
+  """The fraction of the time budget spent (0 without one), process 0's on every host: all stop together."""
+  if not budget_s:
+    return 0.0
+  progress = np.float32(elapsed_s / budget_s)
+  if jax.process_count() > 1:
+    progress = multihost_utils.broadcast_one_to_all(progress)
+  return float(progress)
+
+
+def with_time_progress(state: TrainState, time_progress: float, state_sharding) -> TrainState:
+  """`state` with the cosine decay's time progress set (`scale_by_cosine_decay`)."""
+  value = jax.device_put(jnp.float32(time_progress), state_sharding)
+  return state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, time_progress=value))
 
 
 @jax.jit

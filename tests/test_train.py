@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import re
+import types
 
 import chex
 import flax.serialization
@@ -196,6 +197,7 @@ def test_workdir_with_another_model_is_refused_before_writing(tmp_path, syntheti
     (lambda c: c.loss.update({'name': 'contrastive'}), 'distance head'),
     (lambda c: c.batch.update({'size': 15}), 'not divisible'),
     (lambda c: c.evaluators.oneshot.update({'split': 'test'}), 'not a split'),
+    (lambda c: c.train.update({'time_budget_minutes': -1.0}), 'train.time_budget_minutes=-1.0'),
 ])
 def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, synthetic_splits, mutate, message):
   config = tiny_config()
@@ -377,3 +379,55 @@ def test_norm_groups_that_do_not_split_every_block_are_refused(groups):
     config_schema.validate(config)
   config.model.norm_groups = 4
   config_schema.validate(config)
+
+
+def cosine_config(**train_overrides):
+  config = tiny_config(**train_overrides)
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.decay_steps = 100
+  return config
+
+
+def test_cosine_decay_follows_steps_or_time_whichever_is_further_along():
+  optimizer = cosine_config().optimizer
+  rate = optimizer.learning_rate
+  assert train.learning_rate_schedule(optimizer)(50) == pytest.approx(rate / 2)
+  assert train.learning_rate_schedule(optimizer, 0.25)(50) == pytest.approx(rate / 2)  # the steps lead
+  assert train.learning_rate_schedule(optimizer, 0.75)(50) == pytest.approx(rate * (1 + np.cos(0.75 * np.pi)) / 2)
+  assert train.learning_rate_schedule(optimizer, 1.5)(0) == pytest.approx(0.0)
+  assert train.learning_rate_schedule(optimizer)(150) == pytest.approx(0.0)
+
+
+def test_cosine_optimizer_is_adam_on_the_cosine_schedule_and_reads_the_time_progress():
+  import optax  # pylint: disable=import-outside-toplevel
+  config = cosine_config()
+  model = models.build(config.model)
+  tx = train.make_optimizer(config.optimizer)
+  state = train.init_state(config, model, tx, (16, 16, 1), jax.random.key(0))
+  reference = optax.adam(optax.cosine_decay_schedule(config.optimizer.learning_rate, 100))
+  ours, theirs = state.opt_state, reference.init(state.params)
+  for i in range(3):
+    grads = jax.tree.map(lambda p, i=i: jnp.full_like(p, 0.1 * (i + 1)) * jnp.sign(p + 0.5), state.params)
+    our_updates, ours = tx.update(grads, ours, state.params)
+    their_updates, theirs = reference.update(grads, theirs, state.params)
+    chex.assert_trees_all_close(our_updates, their_updates, rtol=1e-5, atol=1e-8)
+  spent = train.with_time_progress(state, 1.0, sharding.replicated(sharding.data_mesh()))
+  updates, _ = tx.update(grads, spent.opt_state, state.params)
+  chex.assert_trees_all_close(updates, jax.tree.map(jnp.zeros_like, updates))
+
+
+def test_time_budget_ends_the_run_with_a_validation_and_the_rate_at_zero(tmp_path, synthetic_splits, monkeypatch,
+                                                                         caplog):
+  clock = iter(range(10**6))  # each reading of the loop's clock is one second later
+  monkeypatch.setattr(train, 'time', types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+  config = cosine_config(num_steps=1000, time_budget_minutes=0.5)
+  config.optimizer.decay_steps = 1000
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+  assert 10 < history[-1]['step'] < 40 and history[-1]['elapsed_s'] >= 30
+  assert 'oneshot/accuracy' in history[-1]
+  assert 'reached train.time_budget_minutes=0.5' in caplog.text
+  rates = [float(r) for r in re.findall(r'  lr (\S+)  ', caplog.text)]
+  assert rates[-1] == 0.0  # the step-based cosine alone would still be near its start
+  assert rates[0] < config.optimizer.learning_rate * 0.9
