@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 import uuid
@@ -23,6 +24,39 @@ def replacing(path: str | os.PathLike) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+  """Holds an exclusive lock on the file `path` for the block, waiting while another process holds it.
+
+  So that processes sharing a folder (two runs, or the hosts of one job) do a one-off write once: the
+  first does it, the others wait and then find it done. The lock file is removed on leaving, so nothing
+  stays behind; where it cannot be created (a read-only folder, a remote path) the block runs unlocked,
+  as nothing can be written there anyway.
+  """
+  path = os.fspath(path)
+  while True:
+    try:
+      if '://' in path:
+        raise OSError('remote path')
+      os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+      lock = open(path, 'a')  # pylint: disable=consider-using-with
+    except OSError:
+      yield
+      return
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+        break  # Still the file at `path`: not one a previous holder removed while this process waited.
+    except FileNotFoundError:
+      pass
+    lock.close()
+  try:
+    yield
+  finally:
+    os.remove(path)  # Before unlocking: a process waiting on this file then finds it gone and opens a new one.
+    lock.close()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

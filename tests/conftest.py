@@ -14,6 +14,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_ROOT = pathlib.Path(os.environ.get('SIAMESE_JAX_DATA', REPO.parent / 'shared' / 'data'))
 
 
+def pytest_collection_modifyitems(items):
+  """End-to-end tests (marked slow) first, so that under xdist no minute-long test is left for the end while
+  the other workers idle; the order within each group is kept, so module fixtures are still set up once."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 def data_dir(dataset: str) -> pathlib.Path:
   """The raw archives of `dataset`, or a skip that says where they were looked for."""
   path = DATA_ROOT / dataset
@@ -40,5 +46,11 @@ def synthetic_image_set(num_groups=3, classes_per_group=4, per_class=6, size=16,
 
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
-  """One TFDS data folder per test process, so each real dataset is prepared once per process."""
-  return tmp_path_factory.mktemp('tfds')
+  """One TFDS data folder for the whole test run, shared by the xdist workers (preparation takes a lock),
+  so each real dataset is prepared and decoded once."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # Each worker's basetemp is a folder of the run's.
+  path = root / 'tfds'
+  path.mkdir(exist_ok=True)
+  return path

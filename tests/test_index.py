@@ -23,13 +23,15 @@ from siamese_jax.errors import UserError
 sys.path.insert(0, str(REPO))  # benchmarks/ is importable from the repository's root only.
 from benchmarks import index_scale  # noqa: E402  pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.slow  # the module's tests share a trained network
+
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tfds_dir):
   """A contrastive MNIST run of 20 steps (a few seconds) with a 300-image validation split."""
   config = mnist.get_config('smoke')
   config.data.manual_dir = str(data_dir('mnist'))
-  config.data.tfds_data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.data.tfds_data_dir = str(tfds_dir)
   config.data.validation_size = 300
   config.train.num_steps = 20
   config.train.eval_every = 10

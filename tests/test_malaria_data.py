@@ -63,9 +63,9 @@ def write_original_archive(path) -> int:
 
 
 @pytest.fixture(scope='module')
-def real(tmp_path_factory):
+def real(tfds_dir):
   """The real cells, decoded once into a module-wide cache (the later loads read the cache)."""
-  config = make_config(data_dir('malaria'), tmp_path_factory.mktemp('tfds'))
+  config = make_config(data_dir('malaria'), tfds_dir)
   cells, patients = malaria.read_cells(config)
   return config, cells, patients
 

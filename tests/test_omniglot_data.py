@@ -1,5 +1,6 @@
 """The Omniglot builder and split loader, on tiny synthetic archives and on the real data."""
 
+import concurrent.futures
 import dataclasses
 import io
 import zipfile
@@ -179,6 +180,16 @@ def test_manual_dir_that_disagrees_with_the_prepared_copy_is_said(archives, prep
     omniglot.load_drawings(make_config(copy, prepared))
 
 
+def test_processes_sharing_a_data_folder_prepare_it_once(archives, tmp_path):
+  """Concurrent loads of an unprepared dataset: one prepares it under the lock, the others wait and read it."""
+  config = make_config(archives, tmp_path / 'tfds')
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    loaded = list(pool.map(lambda _: omniglot.load_drawings(config), range(3)))
+  for drawings in loaded[1:]:
+    chex.assert_trees_all_equal(dataclasses.asdict(drawings), dataclasses.asdict(loaded[0]))
+  assert len(list((tmp_path / 'tfds').glob('**/dataset_info.json'))) == 1
+
+
 def test_one_archive_builds_its_split_only(archives, tmp_path):
   (tmp_path / 'manual').mkdir()
   (tmp_path / 'manual' / 'images_evaluation.zip').write_bytes((archives / 'images_evaluation.zip').read_bytes())
@@ -216,12 +227,12 @@ def test_corrupt_archive_is_a_user_error(archives, tmp_path, corrupt, message):
     omniglot.load_drawings(make_config(tmp_path, tmp_path / 'tfds'))
 
 
-def test_real_omniglot_counts(tmp_path_factory):
+def test_real_omniglot_counts(tfds_dir):
   """The shipped archives: 964 background characters in 30 alphabets, 20 drawers each.
 
   Builds and decodes the real dataset: 10-15 s on 2 CPU cores.
   """
-  config = make_config(data_dir('omniglot'), tmp_path_factory.mktemp('tfds_real'), image_size=28,
+  config = make_config(data_dir('omniglot'), tfds_dir, image_size=28,
                        train_alphabets=omniglot.BACKGROUND_ALPHABETS, train_drawers=tuple(range(1, 13)),
                        validation_alphabets=omniglot.OPEN_EVALUATION_ALPHABETS, validation_drawers=(13, 14, 15, 16))
   drawings = omniglot.load_drawings(config)

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import chex
 import jax
@@ -68,6 +70,7 @@ def interrupted_runs(tmp_path_factory):
   return reference, interrupted, runs
 
 
+@pytest.mark.slow  # five worker processes, sharing one fixture
 def test_kills_and_a_preemption_end_where_an_uninterrupted_run_ends(interrupted_runs):
   reference, interrupted, runs = interrupted_runs
   for at, sig, status, stderr in runs[:2]:
@@ -94,6 +97,7 @@ def test_kills_and_a_preemption_end_where_an_uninterrupted_run_ends(interrupted_
   assert not glob.glob(os.path.join(interrupted, 'checkpoints', '*tmp*'))
 
 
+@pytest.mark.slow  # five worker processes, sharing one fixture
 def test_sigterm_saves_at_the_next_step_and_exits_zero(interrupted_runs):
   _, _, runs = interrupted_runs
   at, _, status, stderr = runs[2]
@@ -304,6 +308,31 @@ def test_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
   with pytest.raises(OSError):
     plots.learning_curve(picture, history[:1])
   assert picture.read_bytes() == before and sorted(os.listdir(tmp_path)) == ['history.json', 'learning_curve.png']
+
+
+def test_exclusive_serialises_holders_and_runs_unlocked_where_no_lock_can_be_made(tmp_path):
+  lock, events = tmp_path / 'data' / '.prepare.lock', []
+  entered = threading.Event()
+
+  def hold():
+    with files.exclusive(lock):
+      entered.set()
+      time.sleep(0.3)
+      events.append('first leaves')
+
+  holder = threading.Thread(target=hold)
+  holder.start()
+  entered.wait()
+  with files.exclusive(lock):
+    events.append('second enters')
+  holder.join()
+  assert events == ['first leaves', 'second enters']
+  assert not lock.exists()  # Nothing left behind.
+
+  (tmp_path / 'a_file').write_text('')
+  with files.exclusive(tmp_path / 'a_file' / '.prepare.lock'):  # No folder can be made under a file.
+    events.append('unlocked')
+  assert events[-1] == 'unlocked'
 
 
 def test_checkpoint_cadence(monkeypatch):

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from siamese_jax.datasets import read_split, tfds_data_dir
+from siamese_jax.datasets import prepared, read_split, tfds_data_dir
 from siamese_jax.datasets.image_files import InputForm
 from siamese_jax.datasets.image_set import ImageSet
 from siamese_jax.datasets.raw_files import cached_arrays, find_or_download, int_setting, resize_image, setting
@@ -217,14 +217,15 @@ def _check_fractions(validation_fraction: float, test_fraction: float) -> None:
 def _prepared(data_config, archive: str) -> MalariaCells:
   """The builder of `archive`'s copy, prepared from it unless that was done before from the same content."""
   builder = MalariaCells(archive=archive, data_dir=tfds_data_dir(data_config), file_format='array_record')
-  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if builder.is_prepared():
-    with _open_archive(archive) as opened:
-      if builder.info.metadata.get('archive') != _fingerprint(opened):
-        logging.warning('malaria: %s differs from the archive the copy in %s was prepared from; preparing that '
-                        'copy again from it', archive, builder.data_dir)
-        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+  with prepared.exclusive(builder):
+    mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    if builder.is_prepared():
+      with _open_archive(archive) as opened:
+        if builder.info.metadata.get('archive') != _fingerprint(opened):
+          logging.warning('malaria: %s differs from the archive the copy in %s was prepared from; preparing that '
+                          'copy again from it', archive, builder.data_dir)
+          mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
   return builder
 
 

@@ -10,14 +10,17 @@ the manual folder with them:
 - the same files (same names and sizes, and same time or digest, so a copied archive is the same): used silently;
 - other files: one error naming both sets and how to prepare again from the new ones;
 - a copy prepared from a download or before the record existed: used, with one info line.
+
+Preparation holds a lock beside the dataset, so processes sharing `data.tfds_data_dir` prepare it once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -41,9 +44,25 @@ def prepare(builder: tfds.core.DatasetBuilder, data_config, dataset: str, names:
     download_config: passed to `download_and_prepare`.
   """
   folder = manual_dir(data_config, dataset)
-  if builder.is_prepared():
-    _check(builder, folder, dataset, names)
-    return
+  if not builder.is_prepared():
+    with exclusive(builder):
+      if not builder.is_prepared():
+        _prepare(builder, folder, names, dataset, download_config)
+        return
+  _check(builder, folder, dataset, names)
+
+
+@contextlib.contextmanager
+def exclusive(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
+  """Held while `builder` is prepared; on entry `builder` knows of a copy another process prepared meanwhile."""
+  version_dir = os.fspath(builder.data_dir)
+  with files.exclusive(os.path.join(os.path.dirname(version_dir), f'.{os.path.basename(version_dir)}.lock')):
+    if builder.is_prepared():
+      builder.info.read_from_directory(builder.data_dir)
+    yield
+
+
+def _prepare(builder, folder: str | None, names: Sequence[str], dataset: str, download_config) -> None:
   builder.download_and_prepare(download_config=download_config)
   raw = _stat(folder, names)
   for name, entry in raw.items():
