@@ -1,4 +1,4 @@
-"""Test set-up: two simulated CPU devices, and the shared data folder when it exists."""
+"""Test set-up: two simulated CPU devices, one compilation cache per run, and the shared data folder when it exists."""
 
 import os
 
@@ -7,11 +7,25 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
+# One on-disk cache of compiled programs for the whole run: the many short trainings, and the processes the
+# robustness and multi-process tests start, compile the same steps. The first process to load this file
+# (the xdist controller) makes it; workers and subprocesses inherit the variable, and it goes with the run.
+_OWN_XLA_CACHE = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+if _OWN_XLA_CACHE:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='siamese_jax_tests_xla_cache_')
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_ROOT = pathlib.Path(os.environ.get('SIAMESE_JAX_DATA', REPO.parent / 'shared' / 'data'))
+
+
+def pytest_sessionfinish():
+  if _OWN_XLA_CACHE:
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
