@@ -267,8 +267,23 @@ def learning_curve(path: str | os.PathLike,
   timed = [(entry['step'], entry['elapsed_s'] / 60) for entry in history if 'elapsed_s' in entry]
   if len(timed) >= 2:  # Training minutes along the top: what a run on this machine costs to get there.
     steps, minutes = np.array(sorted(timed)).T
-    top = axes[0].secondary_xaxis('top', functions=(lambda s: np.interp(s, steps, minutes),
-                                                    lambda m: np.interp(m, minutes, steps)))
+    top = axes[0].secondary_xaxis('top', functions=(_linear_through(steps, minutes), _linear_through(minutes, steps)))
     top.set_xlabel('training minutes')
   fig.suptitle(title or 'Learning curves')
   return _save(fig, path)
+
+
+def _linear_through(xs: np.ndarray, ys: np.ndarray):
+  """x -> y piecewise linear through the points, continued along the end segments beyond them.
+
+  `np.interp` holds the end values instead, which stacks every tick past the last point on it.
+  """
+  slopes = np.diff(ys)[[0, -1]] / np.maximum(np.diff(xs)[[0, -1]], 1e-12)
+
+  def f(x):
+    x = np.asarray(x, float)
+    inside = np.interp(x, xs, ys)
+    return np.where(x < xs[0], ys[0] + (x - xs[0]) * slopes[0],
+                    np.where(x > xs[-1], ys[-1] + (x - xs[-1]) * slopes[1], inside))
+
+  return f

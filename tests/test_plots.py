@@ -159,6 +159,17 @@ def test_learning_curve_from_partial_history(tmp_path):
   assert both.shape[0] > one.shape[0] * 1.5  # A second panel for the losses.
 
 
+def test_training_minutes_axis_continues_past_the_first_and_last_validation():
+  """The top axis spans a little more than the validations: ticks past them must not pile up on their ends."""
+  steps, minutes = np.array([440., 880., 2200.]), np.array([2.8, 5.6, 14.2])
+  to_minutes, to_steps = plots._linear_through(steps, minutes), plots._linear_through(minutes, steps)
+  np.testing.assert_allclose(to_minutes(steps), minutes)
+  np.testing.assert_allclose(to_minutes([660., 2310.]), [4.2, 14.2 + 110 * 8.6 / 1320])
+  np.testing.assert_allclose(to_minutes(330.), 2.8 - 110 * 2.8 / 440)
+  x = np.linspace(300, 2400, 8)
+  np.testing.assert_allclose(to_steps(to_minutes(x)), x)
+
+
 @pytest.mark.parametrize(
     'history, match',
     [([], 'history is empty'),
