@@ -32,30 +32,40 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
 
   So that processes sharing a folder (two runs, or the hosts of one job) do a one-off write once: the
   first does it, the others wait and then find it done. The lock file is removed on leaving, so nothing
-  stays behind; where it cannot be created (a read-only folder, a remote path) the block runs unlocked,
-  as nothing can be written there anyway.
+  stays behind. Where it cannot be made (a read-only folder, a remote path) or the file system has no
+  locks (ENOLCK on some network mounts), the block runs unlocked.
   """
-  path = os.fspath(path)
-  while True:
-    try:
-      if '://' in path:
-        raise OSError('remote path')
-      os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-      lock = open(path, 'a')  # pylint: disable=consider-using-with
-    except OSError:
-      yield
-      return
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
-        break  # Still the file at `path`: not one a previous holder removed while this process waited.
-    except FileNotFoundError:
-      pass
-    lock.close()
+  lock = _lock(os.fspath(path))
   try:
     yield
   finally:
-    os.remove(path)  # Before unlocking: a process waiting on this file then finds it gone and opens a new one.
+    if lock:
+      with contextlib.suppress(OSError):
+        os.remove(lock.name)  # Before unlocking: a process waiting on this file then finds it gone.
+      lock.close()
+
+
+def _lock(path: str):
+  """The open lock file at `path`, locked by this process; None where no lock can be had."""
+  while True:
+    try:
+      if '://' in path:
+        return None
+      os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+      lock = open(path, 'a')  # pylint: disable=consider-using-with
+    except OSError:
+      return None
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+        return lock  # Still the file at `path`, not one a previous holder removed while this process waited.
+    except FileNotFoundError:
+      pass
+    except OSError:
+      lock.close()
+      with contextlib.suppress(OSError):
+        os.remove(path)
+      return None
     lock.close()
 
 

@@ -310,7 +310,7 @@ def test_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
   assert picture.read_bytes() == before and sorted(os.listdir(tmp_path)) == ['history.json', 'learning_curve.png']
 
 
-def test_exclusive_serialises_holders_and_runs_unlocked_where_no_lock_can_be_made(tmp_path):
+def test_exclusive_serialises_holders_and_runs_unlocked_where_no_lock_can_be_made(tmp_path, monkeypatch):
   lock, events = tmp_path / 'data' / '.prepare.lock', []
   entered = threading.Event()
 
@@ -333,6 +333,14 @@ def test_exclusive_serialises_holders_and_runs_unlocked_where_no_lock_can_be_mad
   with files.exclusive(tmp_path / 'a_file' / '.prepare.lock'):  # No folder can be made under a file.
     events.append('unlocked')
   assert events[-1] == 'unlocked'
+
+  def no_locks(*_):
+    raise OSError(errno.ENOLCK, 'No locks available')
+
+  monkeypatch.setattr(files.fcntl, 'flock', no_locks)
+  with files.exclusive(lock):
+    events.append('no locks')
+  assert events[-1] == 'no locks' and not lock.exists()
 
 
 def test_checkpoint_cadence(monkeypatch):
