@@ -132,9 +132,13 @@ def test_real_split_puts_each_patient_in_one_split(real):
   assert not np.array_equal(masks['test'], other['test'])
 
 
-def test_real_load_splits_reads_the_cache(real):
+def test_real_load_splits_reads_the_cache(real, monkeypatch):
   config, cells, _ = real
-  assert len(os.listdir(os.path.join(config.tfds_data_dir, 'siamese_jax', 'malaria', 'cache'))) == 1
+
+  def decode_again(*_):
+    raise AssertionError('the cells were decoded again instead of read from the cache')
+
+  monkeypatch.setattr(malaria, '_read_prepared', decode_again)
   splits = datasets.load_splits(config)
   assert sum(len(split) for split in splits.values()) == 27558
   assert sum(np.bincount(split.labels) for split in splits.values()).tolist() == [13779, 13779]
