@@ -47,10 +47,10 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
 
 def _lock(path: str):
   """The open lock file at `path`, locked by this process; None where no lock can be had."""
+  if '://' in path:
+    return None
   while True:
     try:
-      if '://' in path:
-        return None
       os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
       lock = open(path, 'a')  # pylint: disable=consider-using-with
     except OSError:

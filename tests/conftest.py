@@ -30,7 +30,7 @@ def pytest_sessionfinish():
 
 def pytest_collection_modifyitems(items):
   """End-to-end tests (marked slow) first, so that under xdist no minute-long test is left for the end while
-  the other workers idle; the order within each group is kept, so module fixtures are still set up once."""
+  the other workers idle; the order within each group is kept, so a module's tests stay together."""
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 

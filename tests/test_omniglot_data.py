@@ -180,7 +180,7 @@ def test_manual_dir_that_disagrees_with_the_prepared_copy_is_said(archives, prep
     omniglot.load_drawings(make_config(copy, prepared))
 
 
-def test_processes_sharing_a_data_folder_prepare_it_once(archives, tmp_path):
+def test_concurrent_loads_sharing_a_data_folder_prepare_it_once(archives, tmp_path):
   """Concurrent loads of an unprepared dataset: one prepares it under the lock, the others wait and read it."""
   config = make_config(archives, tmp_path / 'tfds')
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
