@@ -13,7 +13,8 @@ JAX side with Flax's `nn.max_pool` instead of the project's reshape-and-max pool
 `--kernel_grad=whole_batch` with XLA's kernel gradients over the whole batch instead of summed over
 slices of it, `--group_norm=flax` with Flax's `nn.GroupNorm` instead of the project's, and
 `--conv3x3=xla` with XLA's convolution for the wide 3x3 layers that otherwise run by Winograd's
-algorithm (each the earlier code).
+algorithm, `--large_kernels=xla` with XLA's convolution for the VALID layers that otherwise run by the
+FFT (each the earlier code).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def define_flags():
                     "The JAX side's GroupNorm: from per-channel sums (models.GroupNorm), or Flax's.")
   flags.DEFINE_enum('conv3x3', 'winograd', ['winograd', 'xla'],
                     "The JAX side's wide 3x3 layers: Winograd's algorithm, or XLA's convolution.")
+  flags.DEFINE_enum('large_kernels', 'fft', ['fft', 'xla'],
+                    "The JAX side's VALID layers with 4x4 or larger kernels: by the FFT, or XLA's convolution.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
 
 
@@ -134,6 +137,8 @@ def main(argv):
     models.GroupNorm = nn.GroupNorm
   if FLAGS.conv3x3 == 'xla':
     models.WINOGRAD_MIN_CHANNELS = sys.maxsize  # no layer is wide enough
+  if FLAGS.large_kernels == 'xla':
+    models.FFT_MIN_CHANNELS = sys.maxsize
   sides = {'jax': jax_step(config, images, labels)}
   try:
     sides['pytorch'] = torch_step(config, images, labels)
@@ -145,7 +150,7 @@ def main(argv):
   print(f'batch {config.batch.size} {unit}, {config.data.image_size}px, {config.model.encoder}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}; median of {FLAGS.repeats} alternated steps, '
         f'max_pool={FLAGS.max_pool}, kernel_grad={FLAGS.kernel_grad}, group_norm={FLAGS.group_norm}, '
-        f'conv3x3={FLAGS.conv3x3}')
+        f'conv3x3={FLAGS.conv3x3}, large_kernels={FLAGS.large_kernels}')
   print('| side | step ms (min-max) | ' + unit + '/s |')
   print('|---|---:|---:|')
   for name, values in seconds.items():
@@ -156,7 +161,8 @@ def main(argv):
   if FLAGS.json:
     with open(FLAGS.json, 'w') as f:
       json.dump({'config': config.to_dict(), 'max_pool': FLAGS.max_pool, 'kernel_grad': FLAGS.kernel_grad,
-                 'group_norm': FLAGS.group_norm, 'conv3x3': FLAGS.conv3x3, 'seconds': seconds},
+                 'group_norm': FLAGS.group_norm, 'conv3x3': FLAGS.conv3x3, 'large_kernels': FLAGS.large_kernels,
+                 'seconds': seconds},
                 f, indent=1, default=str)
 
 

@@ -42,23 +42,47 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
-def conv_valid_by_rows(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A VALID, stride-1 convolution of x [N, H, W, C] with kernel [k, k, C, F], as k matrix products.
+def _kernel_spectrum(kernel: jax.Array, height: int, width: int) -> jax.Array:
+  """The real 2-D FFT of the flipped kernel [kh, kw, C, F] zero-padded to height x width.
 
-  For each kernel row, the k column shifts of the input are laid side by side ([N, H', W', k * C]) and
-  multiplied by that row's [k * C, F] weights. XLA:CPU runs large-kernel convolutions and above all
-  their weight gradients far below its matrix-product speed (Koch's 7x7 layer: 10 s against 2.8 s for
-  a forward and weight gradient at batch 64, BENCHMARKS.md); as products, both passes are GEMMs.
-  Memory stays k times below a full im2col.
+  Returns [height, width // 2 + 1, C * F]. Computed as products with the kh and kw DFT columns the taps
+  reach rather than as FFTs of maps that are almost all zeros: Koch's 7x7 layer, forward and gradients,
+  took 1.3 s instead of 1.7 s this way (a loaded machine).
   """
-  k = kernel.shape[0]
-  height, width = x.shape[1] - k + 1, x.shape[2] - k + 1
-  out = None
-  for i in range(k):
-    patches = jnp.concatenate([x[:, i:i + height, j:j + width] for j in range(k)], axis=-1)
-    term = patches @ kernel[i].reshape(-1, kernel.shape[-1])
-    out = term if out is None else out + term
-  return out
+  kh, kw = kernel.shape[:2]
+  taps = jnp.flip(kernel, (0, 1)).reshape(kh, kw, -1)
+
+  def dft(frequencies, columns, size):  # cos and sin of 2 pi u a / size
+    angles = 2 * np.pi * np.outer(np.arange(frequencies), np.arange(columns)) / size
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+  cos_h, sin_h = dft(height, kh, height)
+  cos_w, sin_w = dft(width // 2 + 1, kw, width)
+  rows_cos = jnp.einsum('ua,abm->ubm', cos_h, taps)
+  rows_sin = jnp.einsum('ua,abm->ubm', sin_h, taps)
+  columns = lambda matrix, rows: jnp.einsum('vb,ubm->uvm', matrix, rows)
+  real = columns(cos_w, rows_cos) - columns(sin_w, rows_sin)  # e^-i(a+b) = cos a cos b - sin a sin b - i(...)
+  imag = -(columns(sin_w, rows_cos) + columns(cos_w, rows_sin))
+  return lax.complex(real, imag)
+
+
+def fft_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A VALID, stride-1 convolution of x [N, H, W, C] with kernel [kh, kw, C, F] (float32), by the FFT.
+
+  The product of the image's and the kernel's spectra at each of the H x (W // 2 + 1) frequencies is a
+  [N, C] x [C, F] complex matrix product; the valid outputs are the circular convolution's that do not
+  wrap. For large kernels this is far less arithmetic than the direct convolution (Koch's 7x7 layer:
+  about 15x less), and its gradients, which JAX derives, are the same FFTs and products. Equal to XLA's
+  convolution to float tolerance.
+  """
+  n, height, width, channels = x.shape
+  kh, kw, _, features = kernel.shape
+  frequencies = height * (width // 2 + 1)
+  spectrum = jnp.fft.rfft2(x, axes=(1, 2)).transpose(1, 2, 0, 3).reshape(frequencies, n, channels)
+  weights = _kernel_spectrum(kernel, height, width).reshape(frequencies, channels, features)
+  product = jnp.einsum('tnc,tcf->tnf', spectrum, weights)
+  product = product.reshape(height, width // 2 + 1, n, features).transpose(2, 0, 1, 3)
+  return jnp.fft.irfft2(product, s=(height, width), axes=(1, 2))[:, kh - 1:, kw - 1:]
 
 
 # Input and output elements of the images in one batch slice of a kernel gradient (about 1 MB in float32).
@@ -171,22 +195,30 @@ def _winograd_backward(saved, grad):
 winograd_conv3x3.defvjp(_winograd_forward, _winograd_backward)
 
 
+# A VALID layer runs by the FFT on the CPU (see `Conv`) from this many input channels, kernel side and
+# output side on: below them XLA's convolution was faster on every layer measured (BENCHMARKS.md).
+FFT_MIN_CHANNELS = 8
+FFT_MIN_KERNEL = 4
+FFT_MIN_OUTPUT = 8
+
+
 class Conv(nn.Conv):
   """`nn.Conv` with CPU formulations: kernel gradients summed over batch slices (`conv_general_dilated`),
-  VALID stride-1 layers on inputs with channels to multiply run as matrix products (`conv_valid_by_rows`),
-  and SAME 3x3 layers on wide inputs by Winograd's algorithm (`winograd_conv3x3`).
+  VALID stride-1 layers with large kernels by the FFT (`fft_conv_valid`), and SAME 3x3 layers on wide
+  inputs by Winograd's algorithm (`winograd_conv3x3`).
 
-  Products only where the input has 8 or more channels: with one input channel (Koch's first layer)
-  each product is 10 wide and XLA's own convolution is 6x faster. Winograd from 128 input channels, on
-  maps whose sides are multiples of 4: there its three passes beat XLA's on every layer measured (256->512
-  on 4x4 maps at batch 200: 86 against 165 ms; 128->128 on 64x64: 144 against 210 ms), while on narrower
-  inputs its transforms can cost more than the multiplications it saves (32->64 on 16x16 maps: 87
-  against 43 ms; BENCHMARKS.md). The parameters are nn.Conv's (same names and shapes), so checkpoints
-  move freely between backends; accelerators keep XLA's convolution, which cuDNN and TPUs run well.
+  The FFT from `FFT_MIN_CHANNELS` input channels, kernels `FFT_MIN_KERNEL` wide and outputs
+  `FFT_MIN_OUTPUT` wide: Koch's 7x7 layer (64->128 on 48x48 maps, batch 64, forward and both gradients)
+  takes 1.0 s against 2.9 s, but a first layer (one input channel: 0.72 against 0.19 s for Koch's), 3x3
+  kernels and 6x6 outputs lose. Winograd from 128 input channels, on maps whose sides are multiples of 4:
+  there its three passes beat XLA's on every layer measured (256->512 on 4x4 maps at batch 200: 86 against
+  165 ms), while on narrower inputs its transforms can cost more than the multiplications it saves (32->64
+  on 16x16 maps: 87 against 43 ms). Both in float32 only. The parameters are nn.Conv's (same names and
+  shapes), so checkpoints move freely between backends; accelerators keep XLA's convolution, which cuDNN
+  and TPUs run well.
   """
 
   conv_general_dilated: Callable | None = conv_general_dilated
-  min_channels_for_products: int = 8
 
   @nn.compact
   def __call__(self, inputs):
@@ -201,15 +233,17 @@ class Conv(nn.Conv):
     return y if bias is None else y + bias
 
   def _cpu_formulation(self, inputs) -> Callable | None:
-    """This layer's matrix-product formulation on the CPU, or None for XLA's convolution."""
+    """This layer's formulation on the CPU, or None for XLA's convolution."""
     if (jax.default_backend() != 'cpu' or self.strides not in (1, None, (1, 1))
-        or self.kernel_dilation not in (1, None, (1, 1)) or self.feature_group_count != 1):
+        or self.kernel_dilation not in (1, None, (1, 1)) or self.feature_group_count != 1 or inputs.ndim != 4
+        or inputs.dtype != jnp.float32 or self.dtype not in (None, jnp.float32)):
       return None
-    if self.padding == 'VALID' and inputs.shape[-1] >= self.min_channels_for_products:
-      return conv_valid_by_rows
-    if (self.padding == 'SAME' and tuple(self.kernel_size) == (3, 3) and inputs.ndim == 4
-        and inputs.dtype == jnp.float32 and self.dtype in (None, jnp.float32)
-        and inputs.shape[-1] >= WINOGRAD_MIN_CHANNELS and inputs.shape[1] % 4 == 0 and inputs.shape[2] % 4 == 0):
+    kernel_size, sides = tuple(self.kernel_size), inputs.shape[1:3]
+    if (self.padding == 'VALID' and inputs.shape[-1] >= FFT_MIN_CHANNELS and min(kernel_size) >= FFT_MIN_KERNEL
+        and min(side - k + 1 for side, k in zip(sides, kernel_size)) >= FFT_MIN_OUTPUT):
+      return fft_conv_valid
+    if (self.padding == 'SAME' and kernel_size == (3, 3) and inputs.shape[-1] >= WINOGRAD_MIN_CHANNELS
+        and sides[0] % 4 == 0 and sides[1] % 4 == 0):
       return winograd_conv3x3
     return None
 

@@ -19,12 +19,14 @@ def test_max_pool_2x2_matches_flax_values_and_gradients(shape):
   chex.assert_trees_all_close(grad(models.max_pool_2x2), grad(reference))
 
 
-@pytest.mark.parametrize('channels,kernel', [(8, 4), (16, 3), (1, 5)])
-def test_conv_matches_flax_conv_values_and_gradients(channels, kernel):
-  """Above 8 input channels the layer runs as matrix products; below, as XLA's convolution."""
+@pytest.mark.parametrize('channels,kernel,by_fft', [(8, 4, True), (16, 3, False), (1, 5, False), (8, 5, False)])
+def test_conv_matches_flax_conv_values_and_gradients(channels, kernel, by_fft):
+  """VALID layers run by the FFT from 8 input channels, 4x4 kernels and 8x8 outputs (13x11 maps: a 5x5
+  kernel leaves 9x7); otherwise as XLA's convolution. Either way Flax's values and gradients."""
   x = jax.random.normal(jax.random.key(0), (3, 13, 11, channels))
   ours, flax_conv = models.Conv(6, (kernel, kernel), padding='VALID'), nn.Conv(6, (kernel, kernel), padding='VALID')
   variables = flax_conv.init(jax.random.key(1), x)
+  assert ('fft' in str(jax.make_jaxpr(ours.apply)(variables, x))) == by_fft
   chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), variables)  # checkpoints interchange
   chex.assert_trees_all_close(ours.apply(variables, x), flax_conv.apply(variables, x), atol=1e-5)
   loss = lambda layer: lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x)))
@@ -48,13 +50,21 @@ def test_kernel_gradient_summed_over_batch_slices_matches_flax(monkeypatch, batc
   assert kernel_step.count('stablehlo.convolution') == 1 + -(-batch // images_per_slice)  # forward + slices
 
 
-def test_conv_by_rows_is_a_sum_of_matrix_products():
-  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 16))
-  kernel = jax.random.normal(jax.random.key(1), (3, 3, 16, 4))
-  expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  chex.assert_trees_all_close(models.conv_valid_by_rows(x, kernel), expected, atol=1e-4)
-  jaxpr = str(jax.make_jaxpr(models.conv_valid_by_rows)(x, kernel))
-  assert 'conv_general_dilated' not in jaxpr and jaxpr.count('dot_general') == 3
+def _xla_conv_valid(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('shape,kernel_shape', [((2, 12, 12, 3), (7, 7)), ((3, 9, 11, 2), (4, 3)),
+                                                ((1, 5, 5, 1), (5, 5))])
+def test_fft_conv_valid_matches_xla_values_and_gradients(shape, kernel_shape):
+  """Odd and even sides, a rectangular kernel and map, a kernel as large as the map (one output)."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), kernel_shape + (shape[-1], 4))
+  expected = _xla_conv_valid(x, kernel)
+  chex.assert_trees_all_close(models.fft_conv_valid(x, kernel), expected, atol=1e-4)
+  weights = jax.random.normal(jax.random.key(2), expected.shape)
+  grad = lambda conv: jax.grad(lambda x, k: jnp.sum(conv(x, k) * weights), argnums=(0, 1))(x, kernel)
+  chex.assert_trees_all_close(grad(models.fft_conv_valid), grad(_xla_conv_valid), atol=1e-4)
 
 
 def _xla_conv_same(x, kernel):

@@ -20,13 +20,17 @@ def test_importable_beside_the_throughput_benchmark():
   assert 'config' in throughput.FLAGS and callable(cpu_step.define_flags)
 
 
-def test_conv_layer_benchmark_sides_compute_the_same_layer():
-  keys = jax.random.split(jax.random.key(0), 3)
-  args = (jax.random.normal(keys[0], (2, 4, 8, 3)), jax.random.normal(keys[1], (3, 3, 3, 5)),
-          jax.random.normal(keys[2], (2, 4, 8, 5)))
-  xla, winograd = (conv_layers.pass_and_gradients(conv) for conv in (conv_layers.xla_conv, models.winograd_conv3x3))
-  chex.assert_trees_all_close(winograd(*args), xla(*args), atol=1e-4)
-  assert 'conv_general_dilated' not in str(jax.make_jaxpr(winograd)(*args))
+@pytest.mark.parametrize('layer', ['5x3x8x2', '9x5x12x2x4', '1x5x12x2x4'])
+def test_conv_layer_benchmark_sides_compute_the_same_layer(layer):
+  """SAME 3x3 (XLA, Winograd) and VALID (XLA, FFT) layers; a first layer without its input gradient."""
+  _, args, sides = conv_layers.layer_sides(layer)
+  assert set(sides) == ({'xla', 'winograd'} if layer.count('x') == 3 else {'xla', 'fft'})
+  outputs = {name: fn(*args) for name, fn in sides.items()}
+  reference = outputs.pop('xla')
+  assert len(reference) == (2 if layer.startswith('1x') else 3)  # output, (input gradient,) kernel gradient
+  for other in outputs.values():
+    chex.assert_trees_all_close(other, reference, atol=1e-4)
+  assert set(conv_layers.median_ms(sides, args, repeats=1)) == set(sides)
 
 
 def tiny_config(name):
