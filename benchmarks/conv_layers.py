@@ -4,11 +4,12 @@
   python -m benchmarks.conv_layers --layers=64x128x48x64x7,128x128x21x64x4,1x64x105x64x10
 
 A layer is IN x OUT x SIDE x BATCH for a SAME 3x3 layer (XLA's convolution against Winograd's algorithm),
-or IN x OUT x SIDE x BATCH x K for a VALID K x K layer (XLA's convolution against the FFT). Every side runs `jax.vjp` of the layer under `jax.jit` on the same random input, kernel and
-output gradient, called in alternation; the table gives medians and each side's time over XLA's. A layer
-with one input channel is a network's first and is timed without the input gradient, which it never
-needs. XLA's side is the project's CPU convolution (`models.conv_general_dilated`: kernel gradients
-summed over batch slices), which `models.Conv` uses where no other formulation pays.
+or IN x OUT x SIDE x BATCH x K for a VALID K x K layer (XLA's convolution against the FFT). Every side
+runs `jax.vjp` of the layer under `jax.jit` on the same random input, kernel and output gradient, called
+in alternation; the table gives medians and each side's time over XLA's. A layer with one input channel
+is a network's first and is timed without the input gradient, which it never needs. XLA's side is the
+project's CPU convolution (`models.conv_general_dilated`: kernel gradients summed over batch slices),
+which `models.Conv` uses where no other formulation pays.
 """
 
 from __future__ import annotations

@@ -72,16 +72,17 @@ def fft_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
   The product of the image's and the kernel's spectra at each of the H x (W // 2 + 1) frequencies is a
   [N, C] x [C, F] complex matrix product; the valid outputs are the circular convolution's that do not
   wrap. For large kernels this is far less arithmetic than the direct convolution (Koch's 7x7 layer:
-  2.5 billion real multiply-adds at batch 64 instead of 45), and its gradients, which JAX derives, are the same FFTs and products. Equal to XLA's
-  convolution to float tolerance.
+  2.5 billion real multiply-adds at batch 64 instead of 45), and its gradients, which JAX derives, are
+  the same FFTs and products. Equal to XLA's convolution to float tolerance.
   """
   n, height, width, channels = x.shape
   kh, kw, _, features = kernel.shape
-  frequencies = height * (width // 2 + 1)
+  half_width = width // 2 + 1  # the real FFT's columns
+  frequencies = height * half_width
   spectrum = jnp.fft.rfft2(x, axes=(1, 2)).transpose(1, 2, 0, 3).reshape(frequencies, n, channels)
   weights = _kernel_spectrum(kernel, height, width).reshape(frequencies, channels, features)
   product = jnp.einsum('tnc,tcf->tnf', spectrum, weights)
-  product = product.reshape(height, width // 2 + 1, n, features).transpose(2, 0, 1, 3)
+  product = product.reshape(height, half_width, n, features).transpose(2, 0, 1, 3)
   return jnp.fft.irfft2(product, s=(height, width), axes=(1, 2))[:, kh - 1:, kw - 1:]
 
 
