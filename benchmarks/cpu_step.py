@@ -2,7 +2,7 @@
 
   pip install -e '.[benchmark]'   # PyTorch, for the reference row only
   python -m benchmarks.cpu_step --config=configs/omniglot.py:cpu --repeats=20
-  python -m benchmarks.cpu_step --config=configs/omniglot.py --config.batch.size=32 --repeats=5
+  python -m benchmarks.cpu_step --config=configs/omniglot.py:koch2015 --repeats=5
 
 Both sides run the whole optimizer step on one fixed random batch already in memory: the tower over every
 image, the config's head and loss (episodic softmax over each episode's classes, or binary cross-entropy

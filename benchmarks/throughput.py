@@ -1,6 +1,6 @@
 """Training throughput: step time, pairs/s and TFLOP/s of the jitted training step.
 
-  python -m benchmarks.throughput --config=configs/omniglot.py --batch_sizes=32,128 \
+  python -m benchmarks.throughput --config=configs/omniglot.py:koch2015 --batch_sizes=32,128 \
       --dtypes=float32,bfloat16 --steps=20 --json=throughput.json
 
 For every (batch size, dtype) two rows are measured:

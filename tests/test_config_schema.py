@@ -9,10 +9,23 @@ from siamese_jax import config_schema
 from siamese_jax.errors import UserError
 
 
-@pytest.mark.parametrize('module,variant', [(omniglot, ''), (omniglot, 'smoke'), (mnist, ''), (mnist, 'bce'),
+@pytest.mark.parametrize('module,variant', [(omniglot, ''), (omniglot, 'koch2015'), (omniglot, 'smoke'),
+                                            (omniglot, 'cpu'), (omniglot, 'final'), (mnist, ''), (mnist, 'bce'),
                                             (mnist, 'triplet'), (mnist_heldout, ''), (malaria, ''), (cifar100, '')])
 def test_every_task_config_validates(module, variant):
   config_schema.validate(module.get_config(variant))
+
+
+def test_omniglot_default_trains_kochs_tower_on_episodes_and_koch2015_on_pairs():
+  default, paper = omniglot.get_config(), omniglot.get_config('koch2015')
+  for config in (default, paper):
+    assert (config.model.encoder, config.model.head, config.data.image_size) == ('conv_tower', 'weighted_l1', 105)
+    assert config.model.kernel_sizes == (10, 7, 4, 4)
+  assert (default.loss.name, default.batch.kind, default.batch.size) == ('episodic', 'classes', 64)
+  assert (paper.loss.name, paper.batch.kind, paper.batch.size) == ('bce', 'pairs', 32)
+  assert paper.optimizer.learning_rate == 9e-5
+  with pytest.raises(ValueError, match='known: koch2015'):
+    omniglot.get_config('koch')
 
 
 def test_saved_config_round_trips_and_gains_new_defaults():
