@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: training also stops once this many minutes (validations included) have passed since step 0, and a
   # cosine schedule decays by whichever of steps and minutes is further along; 0 = no limit.
   c.train.time_budget_minutes = 0.0
+  # > 0: training stops at the first validation whose train.best_metric reaches this value (e.g. Koch's 0.92):
+  # the time to an accuracy; 0 = never.
+  c.train.stop_at_score = 0.0
   c.train.eval_batch_size = 256
   # Evaluate on the mean embedding of each image's quarter turns and mirror images (square images only).
   c.train.eval_average_symmetries = False
@@ -224,6 +227,9 @@ def validate(config) -> None:
   budget = config.train.time_budget_minutes
   if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
     raise UserError(f'train.time_budget_minutes={budget!r}; use 0 (no limit) or a positive number of minutes')
+  target = config.train.stop_at_score
+  if not (isinstance(target, (int, float)) and math.isfinite(target) and target >= 0):
+    raise UserError(f'train.stop_at_score={target!r}; use 0 (never) or the {config.train.best_metric} to stop at')
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')
   if config.train.checkpoint_every.steps < 0 or config.train.checkpoint_every.minutes < 0:

@@ -346,12 +346,16 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
   train_means = {}
   step = start_step
   stop_reason = f'reached train.num_steps={num_steps}'
+  target_reached = _target_reached(manager, history, config.train.stop_at_score)
   cadence = checkpoints.Cadence(config.train.checkpoint_every, steps_per_call)
   guard = _DivergenceGuard(manager, start_step if start_step else None, config.train.skip_nonfinite_steps,
                            history[-1].get('skipped_steps', 0) if history else 0)
   while step < num_steps:
     if time_progress >= 1.0:
       stop_reason = f'reached train.time_budget_minutes={config.train.time_budget_minutes:g}'
+      break
+    if target_reached:
+      stop_reason = target_reached
       break
     first = step + 1
     if budget_s and config.optimizer.schedule == 'cosine':
@@ -403,6 +407,7 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       manager.save(step, state, eval_metrics, history)
       if is_main:
         _write_history(workdir, history)
+      target_reached = _target_reached(manager, history, config.train.stop_at_score)
     elif save_step:
       manager.save(step, state, {}, history)
     if save_step:
@@ -434,6 +439,15 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       _write_results(workdir, best_step, minutes, results, splits['train'].source)
     best.update({f'test/{k}': v for k, v in results.items()})
   return best
+
+
+def _target_reached(manager: checkpoints.Manager, history: list, target: float) -> str:
+  """Why training stops under `train.stop_at_score` (the first validation at the target, and when); '' if not."""
+  entry = next((h for h in history if target and manager.score(h) >= target), None)
+  if entry is None:
+    return ''
+  return (f'{manager.best_metric} reached train.stop_at_score={target:g} at step {entry["step"]}: '
+          f'{manager.score(entry):.4f} after {entry.get("elapsed_s", 0.0) / 60:.1f} training minutes')
 
 
 def _time_progress(elapsed_s: float, budget_s: float) -> float:

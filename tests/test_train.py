@@ -198,6 +198,7 @@ def test_workdir_with_another_model_is_refused_before_writing(tmp_path, syntheti
     (lambda c: c.batch.update({'size': 15}), 'not divisible'),
     (lambda c: c.evaluators.oneshot.update({'split': 'test'}), 'not a split'),
     (lambda c: c.train.update({'time_budget_minutes': -1.0}), 'train.time_budget_minutes=-1.0'),
+    (lambda c: c.train.update({'stop_at_score': -0.5}), 'train.stop_at_score=-0.5'),
 ])
 def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, synthetic_splits, mutate, message):
   config = tiny_config()
@@ -232,6 +233,23 @@ def test_early_stopping_after_patience_validations(tmp_path, synthetic_splits, m
   history = json.loads((tmp_path / 'run' / 'history.json').read_text())
   assert [h['step'] for h in history] == [10, 20, 30, 40]
   assert 'early stop: oneshot/accuracy did not improve for 2 validations' in caplog.text
+
+
+def test_training_stops_at_the_first_validation_that_reaches_stop_at_score(tmp_path, synthetic_splits, monkeypatch,
+                                                                            caplog):
+  scores = iter([0.5, 0.7, 0.92, 0.95])
+  monkeypatch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
+  config = tiny_config(num_steps=120, eval_every=10, stop_at_score=0.9)
+  with caplog.at_level('INFO'):
+    best = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert best['step'] == 30 and best['oneshot/accuracy'] == 0.92
+  history = json.loads((tmp_path / 'run' / 'history.json').read_text())
+  assert [h['step'] for h in history] == [10, 20, 30]
+  assert 'oneshot/accuracy reached train.stop_at_score=0.9 at step 30: 0.9200 after' in caplog.text
+  caplog.clear()
+  with caplog.at_level('INFO'):  # the same command again trains no further
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 'training finished at step 30: oneshot/accuracy reached' in caplog.text
 
 
 def test_weight_decay_shrinks_kernels_only():
