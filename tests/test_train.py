@@ -223,32 +223,36 @@ def test_host_pipeline_matches_device_resident_training(tmp_path, synthetic_spli
                               {k: v for k, v in device_best.items() if k != 'elapsed_s'}, rtol=1e-5)
 
 
-def test_early_stopping_after_patience_validations(tmp_path, synthetic_splits, monkeypatch, caplog):
-  scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])  # best at the 2nd validation, then two worse ones
+def train_with_validation_scores(workdir, monkeypatch, caplog, scores, **train_overrides):
+  """A 120-step run validated every 10 steps whose validations score `scores` in turn: (best, validated steps)."""
+  scores = iter(scores)
   monkeypatch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
-  config = tiny_config(num_steps=120, eval_every=10, patience=2)
+  config = tiny_config(num_steps=120, eval_every=10, **train_overrides)
   with caplog.at_level('INFO'):
-    best = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    best = train.train_and_evaluate(config, str(workdir))
+  history = json.loads((workdir / 'history.json').read_text())
+  return best, [h['step'] for h in history]
+
+
+def test_early_stopping_after_patience_validations(tmp_path, synthetic_splits, monkeypatch, caplog):
+  # best at the 2nd validation, then two worse ones
+  best, steps = train_with_validation_scores(tmp_path / 'run', monkeypatch, caplog, [0.5, 0.7, 0.6, 0.65, 0.9],
+                                             patience=2)
   assert best['step'] == 20 and best['oneshot/accuracy'] == 0.7
-  history = json.loads((tmp_path / 'run' / 'history.json').read_text())
-  assert [h['step'] for h in history] == [10, 20, 30, 40]
+  assert steps == [10, 20, 30, 40]
   assert 'early stop: oneshot/accuracy did not improve for 2 validations' in caplog.text
 
 
 def test_training_stops_at_the_first_validation_that_reaches_stop_at_score(tmp_path, synthetic_splits, monkeypatch,
                                                                             caplog):
-  scores = iter([0.5, 0.7, 0.92, 0.95])
-  monkeypatch.setattr(train.evaluators, 'run_all', lambda evals, scorer: {'oneshot/accuracy': next(scores)})
-  config = tiny_config(num_steps=120, eval_every=10, stop_at_score=0.9)
-  with caplog.at_level('INFO'):
-    best = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  best, steps = train_with_validation_scores(tmp_path / 'run', monkeypatch, caplog, [0.5, 0.7, 0.92, 0.95],
+                                             stop_at_score=0.9)
   assert best['step'] == 30 and best['oneshot/accuracy'] == 0.92
-  history = json.loads((tmp_path / 'run' / 'history.json').read_text())
-  assert [h['step'] for h in history] == [10, 20, 30]
+  assert steps == [10, 20, 30]
   assert 'oneshot/accuracy reached train.stop_at_score=0.9 at step 30: 0.9200 after' in caplog.text
-  caplog.clear()
-  with caplog.at_level('INFO'):  # the same command again trains no further
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  caplog.clear()  # the same command again trains no further
+  _, steps = train_with_validation_scores(tmp_path / 'run', monkeypatch, caplog, [0.99], stop_at_score=0.9)
+  assert steps == [10, 20, 30]
   assert 'training finished at step 30: oneshot/accuracy reached' in caplog.text
 
 
