@@ -159,6 +159,11 @@ def _check_plugins(config) -> None:
   registry.lookup(models.FINAL_POOLS, config.model.final_pool, 'model.final_pool')
 
 
+def _is_non_negative_number(value) -> bool:
+  """A finite int or float >= 0 (a command-line value such as 'inf' or a string is not)."""
+  return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
 def _takes(key: str) -> list[str]:
   """The losses that read `loss.<key>`."""
   return [name for name, loss in losses.LOSSES.items() if key in registry.keywords(loss.fn)]
@@ -225,10 +230,10 @@ def validate(config) -> None:
     raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)
   budget = config.train.time_budget_minutes
-  if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
+  if not _is_non_negative_number(budget):
     raise UserError(f'train.time_budget_minutes={budget!r}; use 0 (no limit) or a positive number of minutes')
   target = config.train.stop_at_score
-  if not (isinstance(target, (int, float)) and math.isfinite(target) and target >= 0):
+  if not _is_non_negative_number(target):
     raise UserError(f'train.stop_at_score={target!r}; use 0 (never) or the {config.train.best_metric} to stop at')
   if config.train.eval_every <= 0 or config.train.log_every <= 0:
     raise UserError('train.eval_every and train.log_every must be positive')

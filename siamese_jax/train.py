@@ -443,7 +443,7 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
 
 def _target_reached(manager: checkpoints.Manager, history: list, target: float) -> str:
   """Why training stops under `train.stop_at_score` (the first validation at the target, and when); '' if not."""
-  entry = next((h for h in history if target and manager.score(h) >= target), None)
+  entry = next((h for h in history if manager.score(h) >= target), None) if target else None
   if entry is None:
     return ''
   return (f'{manager.best_metric} reached train.stop_at_score={target:g} at step {entry["step"]}: '
