@@ -15,7 +15,7 @@ from siamese_jax.errors import UserError
 
 # benchmarks/ is a folder of the repository, not of the installed package: importable from its root only.
 sys.path.insert(0, str(REPO))
-from benchmarks import checkpoint_load, throughput  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import checkpoint_load, oneshot_seeds, throughput  # noqa: E402  pylint: disable=wrong-import-position
 
 KOCH_FORWARD_GFLOP = 1.817
 
@@ -172,3 +172,46 @@ def test_checkpoint_load_reads_a_third_of_the_state_for_the_parameters():
   (waited, saved_mib), (on_disk, _) = results['save (the loop waits)'], results['save (until on disk)']
   assert saved_mib == pytest.approx(whole_mib, rel=1e-3)
   assert 0 < waited <= on_disk
+
+
+def _finished_run(workdir, accuracy, validations):
+  workdir.mkdir(parents=True)
+  (workdir / 'results.json').write_text(json.dumps({
+      'step': 40, 'training_minutes': 1.5, 'data': 'omniglot',
+      'metrics': {'lake_runs/accuracy': accuracy, 'lake_runs/ci95': 0.02}}))
+  (workdir / 'history.json').write_text(json.dumps(
+      [{'step': 20 * (i + 1), 'oneshot_20way/accuracy': v} for i, v in enumerate(validations)]))
+
+
+def test_oneshot_seeds_reads_a_finished_run_and_summarizes_seeds(tmp_path):
+  _finished_run(tmp_path / 'a', 0.8, [0.6, 0.7, 0.65])
+  row = oneshot_seeds.read_run(str(tmp_path / 'a'), 'oneshot_20way/accuracy')
+  assert (row['step'], row['best_validation'], row['test']['lake_runs/accuracy']) == (40, 0.7, 0.8)
+  summary = oneshot_seeds.summarize([{'test': {'lake_runs/accuracy': 0.8, 'lake_runs/ci95': 0.02}},
+                                     {'test': {'lake_runs/accuracy': 0.9, 'lake_runs/ci95': 0.03}}])
+  assert list(summary) == ['lake_runs/accuracy']  # intervals are not averaged as if they were scores
+  chex.assert_trees_all_close(summary['lake_runs/accuracy'], {
+      'mean': 0.85, 'min': 0.8, 'max': 0.9, 'sd_between_seeds': 0.1 / 2 ** 0.5, 'seeds': 2})
+  with pytest.raises(UserError, match='no finished run'):
+    oneshot_seeds.read_run(str(tmp_path / 'missing'), 'oneshot_20way/accuracy')
+
+
+@pytest.mark.parametrize('seeds', [['0', 'x'], ['1', '1'], []])
+def test_oneshot_seeds_rejects_bad_seed_lists(seeds):
+  with pytest.raises(UserError, match='--seeds'):
+    oneshot_seeds.parse_seeds(seeds)
+
+
+def test_oneshot_seeds_reports_finished_seeds_without_training_them(tmp_path):
+  _finished_run(tmp_path / 'seed0', 0.8, [0.7])
+  _finished_run(tmp_path / 'seed3', 0.9, [0.75])
+  out = tmp_path / 'seeds.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.oneshot_seeds', '--config=configs/omniglot.py:cpu', '--seeds=0,3',
+       f'--workdir={tmp_path}', f'--json={out}'],
+      cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| 3 | 40 | 1.5 | trained earlier | 75.00% | 90.00% ± 2.00 |' in result.stdout
+  assert 'lake_runs/accuracy: 85.00% over 2 seeds (from 80.00% to 90.00%' in result.stdout
+  assert json.loads(out.read_text())['summary']['lake_runs/accuracy']['mean'] == pytest.approx(0.85)
+  assert not (tmp_path / 'seed0' / 'checkpoints').exists()
