@@ -163,13 +163,22 @@ def evaluate(config, scorer: Scorer, blocks) -> dict[str, float]:
   """The metrics of evaluator `blocks` (name -> block, as in `config.evaluators`) on a run trained with
   `config`, each prefixed with its block's name.
 
-  Lake runs read from disk (`path`) are read at the model's input size, so they need no dataset.
+  Lake runs read from disk (`path`) are read as the model's inputs, so they need no dataset.
   """
+  blocks = read_as_trained(blocks, config.data)
+  return evaluators.run_all(evaluators.build_all(blocks, _SplitsOnDemand(config.data)), scorer)
+
+
+def read_as_trained(blocks, data_config) -> dict[str, dict]:
+  """Evaluator `blocks` (name -> block) with each block of Lake runs read from disk (`path`) told the input
+  size and crop of a model trained on `data_config`, where the block does not set them itself."""
   blocks = {name: dict(block) for name, block in blocks.items()}
   for block in blocks.values():
-    if block.get('kind') == 'lake_runs' and block.get('path') and not block.get('image_size'):
-      block['image_size'] = datasets.input_form(config.data).size
-  return evaluators.run_all(evaluators.build_all(blocks, _SplitsOnDemand(config.data)), scorer)
+    if block.get('kind') == 'lake_runs' and block.get('path'):
+      form = datasets.input_form(data_config)
+      block['image_size'] = block.get('image_size') or form.size
+      block.setdefault('crop_to_ink', form.crop_to_ink)
+  return blocks
 
 
 def pick_with_random_ties(rng: np.random.Generator, scores: np.ndarray) -> np.ndarray:

@@ -47,32 +47,35 @@ class LakeRun:
   answers: np.ndarray
 
 
-def read_runs(path: str | os.PathLike, image_size: int = ORIGINAL_SIZE) -> list[LakeRun]:
-  """Reads every `runNN/` under `path`, a folder or a zip (with or without a top folder inside)."""
+def read_runs(path: str | os.PathLike, image_size: int = ORIGINAL_SIZE, crop_to_ink: bool = False) -> list[LakeRun]:
+  """Reads every `runNN/` under `path`, a folder or a zip (with or without a top folder inside), each image
+  decoded as the dataset's own (`omniglot.decode_png`)."""
+  decode = functools.partial(decode_png, size=image_size, crop_to_ink=crop_to_ink)
   path = pathlib.Path(path).expanduser()
   if path.is_dir():
     files = {file.relative_to(path).as_posix(): file.read_bytes for file in path.rglob('*') if file.is_file()}
-    return _parse_runs(files, str(path), image_size)
+    return _parse_runs(files, str(path), decode)
   if not path.exists():
     raise UserError(f'one-shot runs not found at {path}; give the folder holding runNN/ or all_runs.zip')
   try:
     with zipfile.ZipFile(path) as archive:
       files = {name: functools.partial(archive.read, name) for name in archive.namelist() if not name.endswith('/')}
-      return _parse_runs(files, str(path), image_size)
+      return _parse_runs(files, str(path), decode)
   except (zipfile.BadZipFile, OSError) as error:
     raise UserError(f'cannot read one-shot runs archive {path} ({error})') from error
 
 
-def _parse_runs(files: Mapping[str, Callable[[], bytes]], where: str, size: int) -> list[LakeRun]:
+def _parse_runs(files: Mapping[str, Callable[[], bytes]], where: str,
+                decode: Callable[[bytes], np.ndarray]) -> list[LakeRun]:
   """All runs among `files` (relative path -> reader), in name order."""
   label_files = sorted((match['run'], name) for name in files if (match := _LABELS.search(name)))
   if not label_files:
     raise UserError(f'no runNN/class_labels.txt in {where}')
-  return [_parse_run(files, where, run, name, size) for run, name in label_files]
+  return [_parse_run(files, where, run, name, decode) for run, name in label_files]
 
 
 def _parse_run(files: Mapping[str, Callable[[], bytes]], where: str, run: str, labels_name: str,
-               size: int) -> LakeRun:
+               decode: Callable[[bytes], np.ndarray]) -> LakeRun:
   """One run: its labels say which support image each query matches."""
   base = labels_name[:-len(f'{run}/class_labels.txt')]  # The folder holding the runs, '' or 'all_runs/'.
   support = sorted(name for name in files if name.startswith(f'{base}{run}/training/') and name.endswith('.png'))
@@ -101,15 +104,16 @@ def _parse_run(files: Mapping[str, Callable[[], bytes]], where: str, run: str, l
     raise UserError(f'{where}: {labels_name} gives no match for {unanswered or "any query"}')
   return LakeRun(
       name=run,
-      support=np.stack([_decode(files, where, name, size) for name in support]),
-      queries=np.stack([_decode(files, where, name, size) for name in queries]),
+      support=np.stack([_decode(files, where, name, decode) for name in support]),
+      queries=np.stack([_decode(files, where, name, decode) for name in queries]),
       answers=np.array([answer_of[name] for name in queries], dtype=np.int32),
   )
 
 
-def _decode(files: Mapping[str, Callable[[], bytes]], where: str, name: str, size: int) -> np.ndarray:
+def _decode(files: Mapping[str, Callable[[], bytes]], where: str, name: str,
+            decode: Callable[[bytes], np.ndarray]) -> np.ndarray:
   try:
-    return decode_png(files[name](), size)
+    return decode(files[name]())
   except OSError as error:
     raise UserError(f'{where}: cannot decode {name} ({error})') from error
 

@@ -279,8 +279,9 @@ def prepare(config, workdir):
   train_set = splits['train']
   state = jax.eval_shape(lambda: init_state(config, model, tx, train_set.image_shape, jax.random.key(0)))
   checkpoints.check_compatible(workdir, state)
-  evals = evaluators.build_all(config.evaluators, splits)
-  test_evals = evaluators.build_all(config.test_evaluators, splits, 'test_evaluators')
+  evals = evaluators.build_all(inference.read_as_trained(config.evaluators, config.data), splits)
+  test_evals = evaluators.build_all(inference.read_as_trained(config.test_evaluators, config.data), splits,
+                                    'test_evaluators')
   return splits, mesh, model, tx, evals, test_evals
 
 

@@ -169,3 +169,13 @@ def test_lake_runs_scoring_with_known_models():
   # random ties score (19 x 0.5 + 1) / 20 = 0.525 (SE ~0.015 over 60 runs); a plain argmax scores 1.0.
   decoy = DecoyScorer(image_set, query_items=second)
   assert np.mean(lake_runs.score_runs(decoy, runs * 20)) == pytest.approx(0.525, abs=0.06)
+
+
+def test_lake_runs_from_disk_are_read_as_the_model_was_trained():
+  data = ml_collections.ConfigDict({'name': 'omniglot', 'image_size': 32, 'crop_to_ink': True})
+  blocks = {'files': {'kind': 'lake_runs', 'path': 'runs.zip'}, 'sized': {'kind': 'lake_runs', 'path': 'r', 'image_size': 48},
+            'drawn': {'kind': 'lake_runs', 'split': 'test'}}
+  read = inference.read_as_trained(blocks, data)
+  assert read['files'] == {'kind': 'lake_runs', 'path': 'runs.zip', 'image_size': 32, 'crop_to_ink': True}
+  assert read['sized']['image_size'] == 48 and read['drawn'] == blocks['drawn']
+  assert 'image_size' not in blocks['files']  # the config's blocks are left as they are

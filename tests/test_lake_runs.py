@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from siamese_jax import lake_runs
+from siamese_jax.datasets import omniglot
 from siamese_jax.datasets.omniglot import Drawings
 from siamese_jax.errors import UserError
 
@@ -151,3 +152,11 @@ def test_missing_or_wrong_paths_are_user_errors(tmp_path):
   (tmp_path / 'all_runs.zip').write_text('not a zip')
   with pytest.raises(UserError, match='cannot read one-shot runs archive'):
     lake_runs.read_runs(tmp_path / 'all_runs.zip')
+
+
+def test_read_runs_crops_to_ink_as_the_dataset_does(runs, tmp_path):
+  lake_format.write_runs(tmp_path, runs[:1])
+  (run,) = lake_runs.read_runs(tmp_path, image_size=16, crop_to_ink=True)
+  first = (tmp_path / 'run01' / 'training' / 'class01.png').read_bytes()
+  np.testing.assert_array_equal(run.support[0], omniglot.decode_png(first, 16, crop_to_ink=True))
+  assert not np.array_equal(run.support[0], omniglot.decode_png(first, 16))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import data_dir
-from siamese_jax.datasets import omniglot
+from siamese_jax.datasets import image_files, omniglot
 from siamese_jax.errors import UserError
 
 # Alphabet -> number of characters, per archive; every character drawn by drawers 1-6.
@@ -246,3 +246,42 @@ def test_real_omniglot_counts(tfds_dir):
   splits = omniglot.load_splits(config)
   assert (len(splits['train']), splits['train'].num_classes) == (964 * 12, 964)
   assert (len(splits['validation']), splits['validation'].num_classes) == (277 * 4, 277)
+
+
+def test_square_around_ink_centres_the_drawing_and_fills_the_rest():
+  pixels = np.zeros((60, 80), np.uint8)
+  pixels[10:30, 50:60] = 255  # ink 20 tall, 10 wide, near the right edge
+  square = np.asarray(image_files.square_around_ink(Image.fromarray(pixels), background=0))
+  side = round(20 * (1 + 2 * image_files.INK_MARGIN))
+  chex.assert_shape(square, (side, side))
+  rows, cols = np.flatnonzero(square.any(axis=1)), np.flatnonzero(square.any(axis=0))
+  assert (rows[0], rows[-1] + 1) == ((side - 20) // 2, (side - 20) // 2 + 20)  # the ink's full height, centred
+  assert cols[-1] + 1 - cols[0] == 10 and abs(cols[0] + cols[-1] + 1 - side) <= 1  # aspect ratio kept
+  assert square.sum() == pixels.sum()  # nothing of the ink cut off, the rest background
+  white = Image.fromarray(255 - pixels)
+  np.testing.assert_array_equal(np.asarray(image_files.square_around_ink(white, background=255)), 255 - square)
+  blank = Image.new('L', (7, 5))
+  assert image_files.square_around_ink(blank, background=0) is blank
+
+
+def test_decode_png_crops_to_ink_before_resizing():
+  white = np.ones((105, 105), bool)
+  white[40:60, 45:55] = False  # a small stroke in the middle of the page
+  whole = omniglot.decode_png(png_bytes(white), 32)
+  cropped = omniglot.decode_png(png_bytes(white), 32, crop_to_ink=True)
+  chex.assert_shape(cropped, (32, 32, 1))
+  assert (whole > 127).sum() < 40 < (cropped > 127).sum()  # the stroke now fills the input's height
+  assert (cropped[:, :, 0] > 127).any(axis=1).sum() >= 30
+
+
+def test_crop_to_ink_is_read_from_the_config(archives, prepared):
+  form = omniglot.input_form(make_config(archives, prepared, image_size=32, crop_to_ink=True))
+  assert form.crop_to_ink and form.size == 32
+  drawings = omniglot.load_drawings(make_config(archives, prepared, image_size=32, crop_to_ink=True))
+  assert 'cut around the ink' in drawings.source
+  index = 0
+  raw = omniglot.load_drawings(make_config(archives, prepared))
+  np.testing.assert_array_equal(drawings.images[index], omniglot.decode_png(
+      png_bytes(raw.images[index, ..., 0] == 0), 32, crop_to_ink=True))
+  with pytest.raises(UserError, match='data.crop_to_ink must be True or False'):
+    omniglot.load_drawings(make_config(archives, prepared, crop_to_ink='yes'))

@@ -33,7 +33,7 @@ NUM_DRAWERS = 20
 # The `data` keys read here, beyond datasets.COMMON_KEYS.
 KEYS = ('manual_dir', 'image_size', 'train_alphabets', 'train_drawers', 'validation_alphabets',
         'validation_drawers', 'test_alphabets', 'test_drawers', 'train_rotations_as_classes',
-        'train_mirrors_as_classes')
+        'train_mirrors_as_classes', 'crop_to_ink')
 SPLITS = ('background', 'evaluation')
 _URL = 'https://github.com/brendenlake/omniglot/raw/master/python/images_{}.zip'
 _URLS = {split: _URL.format(split) for split in SPLITS}
@@ -62,25 +62,26 @@ def _grayscale(data: bytes) -> Image.Image:
     return image.convert('L')
 
 
-def _form(size: int) -> InputForm:
+def _form(size: int, crop_to_ink: bool = False) -> InputForm:
   """Black on white, inverted; area-averaged down (keeps thin strokes visible), bilinear up."""
-  return InputForm(size=size, channels=1, invert=True, shrink=Image.Resampling.BOX)
+  return InputForm(size=size, channels=1, invert=True, shrink=Image.Resampling.BOX, crop_to_ink=crop_to_ink)
 
 
 def input_form(data_config) -> InputForm:
   """How an image file becomes an input of a model trained on `data_config`."""
-  return _form(data_config.get('image_size') or ORIGINAL_SIZE)
+  return _form(data_config.get('image_size') or ORIGINAL_SIZE, bool(data_config.get('crop_to_ink', False)))
 
 
-def decode_png(data: bytes, size: int | None = None) -> np.ndarray:
+def decode_png(data: bytes, size: int | None = None, crop_to_ink: bool = False) -> np.ndarray:
   """Decodes a black-on-white drawing into the ImageSet convention: uint8 [S, S, 1], strokes 255.
 
   Args:
     data: the PNG file's bytes (1-bit or 8-bit grayscale).
     size: side of the square output; None keeps the stored size.
+    crop_to_ink: cut the square around the drawing first (`image_files.square_around_ink`).
   """
   with Image.open(io.BytesIO(data)) as image:
-    return to_model_input(image, _form(size or image.size[0]))
+    return to_model_input(image, _form(size or image.size[0], crop_to_ink))
 
 
 class OmniglotDrawers(tfds.core.GeneratorBasedBuilder):
@@ -227,22 +228,27 @@ class Drawings:
 
 
 def load_drawings(data_config) -> Drawings:
-  """Every image of the prepared dataset at `data_config.image_size`, preparing it first if needed."""
+  """Every image of the prepared dataset at `data_config.image_size` (cut around its drawing with
+  `data.crop_to_ink`), preparing the dataset first if needed."""
   size = data_config.get('image_size', ORIGINAL_SIZE)
   if not isinstance(size, int) or size < 1:
     raise UserError(f'data.image_size must be a positive integer, got {size!r}')
+  crop = data_config.get('crop_to_ink', False)
+  if not isinstance(crop, bool):
+    raise UserError(f'data.crop_to_ink must be True or False, got {crop!r}')
   builder = OmniglotDrawers(data_dir=tfds_data_dir(data_config),
                             file_format='array_record')
   prepared.prepare(builder, data_config, 'omniglot', [f'images_{split}.zip' for split in SPLITS],
                    tfds.download.DownloadConfig(manual_dir=manual_dir(data_config, 'omniglot')))
   # Decoding ~26k PNGs takes seconds: one cached copy per image size.
-  arrays = cached_beside(builder, f'decoded_{size}px', lambda: _decode(builder, size))
+  arrays = cached_beside(builder, f'decoded_{size}px' + ('_ink' if crop else ''), lambda: _decode(builder, size, crop))
   archives = '+'.join(f'images_{split}' for split in sorted(builder.info.splits))
-  source = f'omniglot {archives} ({len(set(arrays["alphabets"].tolist()))} alphabets), {size}px'
+  source = (f'omniglot {archives} ({len(set(arrays["alphabets"].tolist()))} alphabets), {size}px'
+            + (', cut around the ink' if crop else ''))
   return Drawings(source=source, **arrays)
 
 
-def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
+def _decode(builder: OmniglotDrawers, size: int, crop_to_ink: bool) -> dict[str, np.ndarray]:
   """Reads every split's records and decodes them, sorted by character then drawer."""
   records = []
   for split in builder.info.splits:
@@ -251,7 +257,7 @@ def _decode(builder: OmniglotDrawers, size: int) -> dict[str, np.ndarray]:
   drawers = np.array([r['drawer'] for r in records], dtype=np.int32)
   order = np.lexsort((drawers, characters))
   return {
-      'images': np.stack([decode_png(records[i]['image'], size) for i in order]),
+      'images': np.stack([decode_png(records[i]['image'], size, crop_to_ink) for i in order]),
       'alphabets': np.array([records[i]['alphabet'].decode() for i in order]),
       'characters': characters[order],
       'drawers': drawers[order],
