@@ -25,6 +25,7 @@ def get_config(variant: str = ''):
   config.data.test_drawers = (17, 18, 19, 20)
   config.data.train_rotations_as_classes = False
   config.data.train_mirrors_as_classes = False
+  config.data.crop_to_ink = False  # True: each drawing cut to the square around its ink before resizing
 
   config.evaluators.oneshot_20way = dict(kind='oneshot', split='validation', ways=20, shots=1, episodes=320,
                                          within_group=True)
@@ -62,6 +63,7 @@ def get_config(variant: str = ''):
     config.data.image_size = 32  # halves evenly through four 2x2 pools (28 px loses a row and column at 7x7)
     config.data.train_drawers = tuple(range(1, 17))
     config.data.train_rotations_as_classes = True
+    config.data.crop_to_ink = True  # every drawing fills the 32 px input, whatever its size and place on the page
     config.model.encoder = 'conv_blocks'
     config.model.features = (32, 64, 256, 512)  # narrow where the maps are large, wide where small (8x8, 4x4)
     config.model.final_pool = 'max'  # all four positions of the last 2x2 map

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import lake_format
+import ml_collections
 import pytest
 from conftest import REPO, data_dir
 
@@ -58,7 +59,9 @@ def test_short_cpu_run_beats_chance_on_lake_runs_of_unseen_alphabets_and_drawers
 
 def test_lake_runs_cli_on_runs_made_from_open_data(trained_workdir, tmp_path):
   workdir, config, _ = trained_workdir
-  drawings = omniglot.load_drawings(config.data).where(omniglot.OPEN_EVALUATION_ALPHABETS, range(13, 21))
+  pages = ml_collections.ConfigDict(config.data.to_dict() | {'image_size': 105, 'crop_to_ink': False})
+  # Whole 105 px pages, as Lake's published runs are: the CLI reads them as the model was trained (cut, resized).
+  drawings = omniglot.load_drawings(pages).where(omniglot.OPEN_EVALUATION_ALPHABETS, range(13, 21))
   lake_format.write_runs(tmp_path / 'runs', lake_runs.make_runs(drawings, num_runs=20, seed=3))
   result = run_cli('siamese_jax.evaluate', f'--workdir={workdir}', f'--lake_runs={tmp_path / "runs"}')
   assert result.returncode == 0, result.stderr[-2000:]
