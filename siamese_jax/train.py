@@ -324,8 +324,9 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
   is_main = jax.process_index() == 0
   start_step = int(state.step)
   state_sharding = sharding.replicated(mesh)
-  logging.info('training on %s: %d images, %d classes; %d devices; from step %d', train_set.source,
-               len(train_set), train_set.num_classes, mesh.size, start_step)
+  logging.info('training on %d images of %d classes in %d groups, from %s; %d devices; from step %d',
+               len(train_set), train_set.num_classes, len(train_set.group_names), train_set.source, mesh.size,
+               start_step)
 
   layout = samplers.class_layout(train_set.labels, train_set.groups)
   step_fn = compile_training_call(config, model, tx, mesh, state_sharding)

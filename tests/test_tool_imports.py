@@ -1,6 +1,7 @@
 """The command-line modules only parse flags and call the library: none imports another, even indirectly."""
 
 import ast
+import gc
 import pathlib
 
 import pytest
@@ -10,10 +11,23 @@ PACKAGE = REPO / 'siamese_jax'
 TOOLS = ('evaluate', 'compare', 'show_pairs', 'index', 'main')
 
 
+def parse(path: pathlib.Path) -> ast.Module:
+  """The file's syntax tree, parsed with the garbage collector paused: on Python 3.11.7 and earlier a
+  collection during the parse can release the GIL to another thread that parses too, and the parse then
+  fails with "AST constructor recursion depth mismatch" (python/cpython#106905, fixed in 3.11.8)."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    return ast.parse(path.read_text())
+  finally:
+    if enabled:
+      gc.enable()
+
+
 def imported_modules(path: pathlib.Path) -> set[str]:
   """The siamese_jax modules a file imports, as dotted names without the package prefix."""
   found = set()
-  for node in ast.walk(ast.parse(path.read_text())):
+  for node in ast.walk(parse(path)):
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('siamese_jax'):
       base = node.module.removeprefix('siamese_jax').lstrip('.')
       found.update(f'{base}.{alias.name}'.lstrip('.') for alias in node.names)

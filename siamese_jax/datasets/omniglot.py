@@ -243,7 +243,7 @@ def load_drawings(data_config) -> Drawings:
   # Decoding ~26k PNGs takes seconds: one cached copy per image size.
   arrays = cached_beside(builder, f'decoded_{size}px' + ('_ink' if crop else ''), lambda: _decode(builder, size, crop))
   archives = '+'.join(f'images_{split}' for split in sorted(builder.info.splits))
-  source = (f'omniglot {archives} ({len(set(arrays["alphabets"].tolist()))} alphabets), {size}px'
+  source = (f'omniglot {archives} ({len(set(arrays["alphabets"].tolist()))} alphabets in all), {size}px'
             + (', cut around the ink' if crop else ''))
   return Drawings(source=source, **arrays)
 
