@@ -60,7 +60,7 @@ def run(config, image_size: int, repeats: int) -> dict[str, tuple[float, float]]
   (median seconds, MiB moved)}."""
   model = models.build(config.model)
   shape = (image_size, image_size, config.data.get('channels', 1))
-  state = train.init_state(config, model, train.make_optimizer(config.optimizer), shape, jax.random.key(0))
+  state = train.init_state(config, model, train.make_optimizer(config), shape, jax.random.key(0))
   metric = config.train.best_metric
   with tempfile.TemporaryDirectory() as workdir:
     manager = checkpoints.Manager(workdir, metric)

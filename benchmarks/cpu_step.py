@@ -70,7 +70,7 @@ def jax_step(config, images: np.ndarray, labels: np.ndarray):
   config_schema.validate(config)
   mesh = sharding.data_mesh(jax.devices()[:1])
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, images.shape[-3:], jax.random.key(0))
   step = train.compile_training_call(config, model, tx, mesh, sharding.replicated(mesh))
   images, labels, key = jnp.asarray(images), jnp.asarray(labels), jax.random.key(1)

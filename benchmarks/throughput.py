@@ -220,7 +220,7 @@ def benchmark(config: ml_collections.ConfigDict, image_set: datasets.ImageSet, d
   """The synthetic and end-to-end rows for one device-resident config (batch size, dtype, steps per call)."""
   sharding.check_batch_size(config.batch.size, mesh)
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   state_sharding = sharding.replicated(mesh)
   init = jax.jit(functools.partial(train.init_state, config, model, tx, image_set.image_shape),
                  out_shardings=state_sharding)

@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 9e-5
   c.optimizer.schedule = 'staircase'  # or 'cosine' (down to 0 at decay_steps)
   c.optimizer.decay_rate = 0.99
-  c.optimizer.decay_steps = 500
+  c.optimizer.decay_steps = 500  # 0: train.num_steps, so a cosine ends with the run however long it is made
   c.optimizer.weight_decay = 0.0  # > 0: AdamW's decoupled decay of the kernels (see train.make_optimizer)
 
   c.train = ml_collections.ConfigDict()
@@ -226,6 +226,9 @@ def validate(config) -> None:
       raise UserError(f'model.norm_groups={config.model.norm_groups} must split every block of model.features='
                       f'{tuple(config.model.features)} into equal groups ({uneven[0]} does not); use 0 for no '
                       'normaliser')
+  if not isinstance(config.optimizer.decay_steps, int) or config.optimizer.decay_steps < 0:
+    raise UserError(f'optimizer.decay_steps={config.optimizer.decay_steps!r}; use a number of steps, or 0 for '
+                    'train.num_steps')
   if config.optimizer.weight_decay < 0:
     raise UserError(f'optimizer.weight_decay={config.optimizer.weight_decay}; use 0 (plain Adam) or more')
   augment.AffineConfig.from_config(config.augment)

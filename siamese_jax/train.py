@@ -42,16 +42,17 @@ class TrainState:
     return self.params if self.ema_params is None else self.ema_params
 
 
-def make_optimizer(optimizer_config) -> optax.GradientTransformation:
-  """Adam with a decaying learning rate (`learning_rate_schedule`).
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam with a decaying learning rate (`learning_rate_schedule`), per `config.optimizer`.
 
   With `weight_decay` > 0 it is AdamW: weights shrink by learning_rate * weight_decay each step,
   decoupled from the gradient statistics, and only kernels (ndim > 1) shrink, not biases or norm scales.
   """
+  optimizer_config = config.optimizer
   if optimizer_config.schedule == 'cosine':
-    rate = scale_by_cosine_decay(optimizer_config)
+    rate = scale_by_cosine_decay(config)
   else:
-    rate = optax.scale_by_learning_rate(learning_rate_schedule(optimizer_config))
+    rate = optax.scale_by_learning_rate(learning_rate_schedule(config))
   decay = []
   if optimizer_config.weight_decay:
     decay = [optax.add_decayed_weights(optimizer_config.weight_decay,
@@ -59,18 +60,24 @@ def make_optimizer(optimizer_config) -> optax.GradientTransformation:
   return optax.chain(optax.scale_by_adam(), *decay, rate)
 
 
-def learning_rate_schedule(optimizer_config, time_progress=0.0):
+def decay_steps(config) -> int:
+  """`optimizer.decay_steps`, where 0 means a cosine that ends with the run (`train.num_steps`): a run made
+  longer or shorter on the command line then still ends its decay at its last step."""
+  return config.optimizer.decay_steps or config.train.num_steps
+
+
+def learning_rate_schedule(config, time_progress=0.0):
   """count -> learning rate. 'staircase': times `decay_rate` every `decay_steps`; 'cosine': a half cosine
   down to 0 at `decay_steps` (Loshchilov & Hutter 2017), for a run of known length such as the CPU Omniglot
   config, or sooner where `time_progress` (the fraction of `train.time_budget_minutes` spent) is further
   along than the steps: a run on a slower machine then still ends its decay within its budget."""
+  optimizer_config, steps = config.optimizer, decay_steps(config)
   if optimizer_config.schedule == 'cosine':
     def cosine(count):
-      progress = jnp.minimum(jnp.maximum(count / optimizer_config.decay_steps, time_progress), 1.0)
+      progress = jnp.minimum(jnp.maximum(count / steps, time_progress), 1.0)
       return optimizer_config.learning_rate * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return cosine
-  return optax.exponential_decay(optimizer_config.learning_rate, optimizer_config.decay_steps,
-                                 optimizer_config.decay_rate, staircase=True)
+  return optax.exponential_decay(optimizer_config.learning_rate, steps, optimizer_config.decay_rate, staircase=True)
 
 
 class CosineDecayState(NamedTuple):
@@ -78,7 +85,7 @@ class CosineDecayState(NamedTuple):
   time_progress: jax.Array  # written by the training loop under train.time_budget_minutes, else 0
 
 
-def scale_by_cosine_decay(optimizer_config) -> optax.GradientTransformation:
+def scale_by_cosine_decay(config) -> optax.GradientTransformation:
   """-rate * updates, the rate on the cosine of `learning_rate_schedule`; the state carries the time
   progress so that the jitted steps read the loop's clock without being traced again."""
 
@@ -88,7 +95,7 @@ def scale_by_cosine_decay(optimizer_config) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     del params
-    rate = learning_rate_schedule(optimizer_config, state.time_progress)(state.count)
+    rate = learning_rate_schedule(config, state.time_progress)(state.count)
     updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates)
     return updates, state._replace(count=optax.safe_int32_increment(state.count))
 
@@ -275,7 +282,7 @@ def prepare(config, workdir):
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch.size, mesh)
   model = models.build(config.model)
-  tx = make_optimizer(config.optimizer)
+  tx = make_optimizer(config)
   train_set = splits['train']
   state = jax.eval_shape(lambda: init_state(config, model, tx, train_set.image_shape, jax.random.key(0)))
   checkpoints.check_compatible(workdir, state)
@@ -389,7 +396,7 @@ def _train(config, workdir, splits, mesh, model, tx, evals, test_evals, state, h
       now = time.perf_counter()
       rate = (step - last_step) * config.batch.size / (now - last_time)
       unit = 'pairs' if config.batch.kind == 'pairs' else 'images'
-      lr = float(learning_rate_schedule(config.optimizer, time_progress)(step))
+      lr = float(learning_rate_schedule(config, time_progress)(step))
       train_means = _log_line(step, num_steps, sums, count, lr, rate, unit, guard.skipped_steps)
       if writer:
         writer.write({f'train/{k}': v for k, v in train_means.items()} | {'train/learning_rate': lr,

@@ -95,7 +95,7 @@ def test_episodic_training_learns_synthetic_classes():
   config.train.num_steps = 30
   image_set = synthetic_image_set(num_groups=3, classes_per_group=8, per_class=6)
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   mesh = sharding.data_mesh()
   state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
   layout = samplers.class_layout(image_set.labels, image_set.groups)
@@ -204,10 +204,12 @@ def test_episodic_config_mistakes_are_caught(overrides, message):
 
 def test_cosine_schedule_decays_to_zero_at_decay_steps():
   config = episodic_config()
-  schedule = train.learning_rate_schedule(config.optimizer)
+  schedule = train.learning_rate_schedule(config)
   assert schedule(0) == pytest.approx(config.optimizer.learning_rate)
-  assert schedule(config.optimizer.decay_steps // 2) == pytest.approx(config.optimizer.learning_rate / 2)
-  assert schedule(config.optimizer.decay_steps) == pytest.approx(0.0)
+  steps = train.decay_steps(config)
+  assert steps == config.train.num_steps  # the config's 0: the decay ends with the run
+  assert schedule(steps // 2) == pytest.approx(config.optimizer.learning_rate / 2)
+  assert schedule(steps) == pytest.approx(0.0)
 
 
 def test_cpu_config_tests_on_alphabets_and_drawers_it_never_trained_on():

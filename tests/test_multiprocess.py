@@ -71,7 +71,7 @@ def wait_for(workers) -> None:
 def restore(workdir, config):
   """The final training state and history in `workdir`, restored in this (single) process."""
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   template = train.init_state(config, model, tx, worker.splits()['train'].image_shape, jax.random.key(1))
   manager = checkpoints.Manager(str(workdir), config.train.best_metric)
   try:

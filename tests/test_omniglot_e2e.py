@@ -29,7 +29,7 @@ def short_cpu_config(tfds_dir):
   config.data.tfds_data_dir = str(tfds_dir)
   config.batch.size = 100
   config.batch.classes_per_group = 10
-  config.train.num_steps = config.optimizer.decay_steps = 120
+  config.train.num_steps = 120
   config.train.eval_every = 120
   config.evaluators.oneshot_20way.episodes = config.evaluators.oneshot_20way_across.episodes = 100
   config.test_evaluators.lake_runs.run_sets = 2

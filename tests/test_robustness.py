@@ -112,7 +112,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(interrupted_runs):
 def make_state(seed=0, scale=1.0):
   config = tiny_config()
   model = models.build(config.model)
-  state = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(seed))
+  state = train.init_state(config, model, train.make_optimizer(config), (16, 16, 1), jax.random.key(seed))
   return config, state.replace(params=jax.tree.map(lambda p: p * scale, state.params))
 
 

@@ -75,7 +75,7 @@ def without_timing(history):
 def one_step(config, mesh, image_set):
   """A single fused device-resident step on `mesh`; returns the new state and metrics."""
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
   state = jax.device_put(state, sharding.replicated(mesh))
   data = train.put_dataset(image_set, samplers.class_layout(image_set.labels, image_set.groups), config, mesh)
@@ -140,7 +140,7 @@ def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits, uninterrup
   manager = checkpoints.Manager(workdir, 'oneshot/accuracy')
   assert 40 in manager.steps() and len(manager.steps()) <= 2  # the latest and the best
   model = models.build(tiny_config().model)
-  tx = train.make_optimizer(tiny_config().optimizer)
+  tx = train.make_optimizer(tiny_config())
   template = train.init_state(tiny_config(), model, tx, (16, 16, 1), jax.random.key(0))
   state, history = manager.restore(template, 40)
   assert int(state.step) == 40
@@ -163,7 +163,7 @@ def test_train_resume_and_best_checkpoint(tmp_path, synthetic_splits, uninterrup
 def test_checkpoint_round_trip(tmp_path):
   config = tiny_config()
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, (16, 16, 1), jax.random.key(3))
   manager = checkpoints.Manager(str(tmp_path), 'oneshot/accuracy')
   manager.save(5, state, {'oneshot/accuracy': 0.5}, [{'step': 5}])
@@ -262,7 +262,7 @@ def test_weight_decay_shrinks_kernels_only():
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   for decay, kernel_after in ((0.0, 2.0), (0.1, 2.0 * (1 - 1e-3 * 0.1))):
     config.optimizer.weight_decay = decay
-    tx = train.make_optimizer(config.optimizer)
+    tx = train.make_optimizer(config)
     updates, _ = tx.update(zero_grads, tx.init(params), params)
     new = jax.tree.map(lambda p, u: p + u, params, updates)
     chex.assert_trees_all_close(new, {'conv': {'kernel': jnp.full((3, 3, 1, 2), kernel_after), 'bias': jnp.ones(2)}},
@@ -320,7 +320,7 @@ def test_moving_average_of_the_parameters():
   config = tiny_config()
   image_set = synthetic_image_set()
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   images = jnp.asarray(image_set.images[:32].reshape((16, 2) + image_set.image_shape))
   labels = jnp.asarray(np.arange(16) % 2, jnp.int32)
   state = train.init_state(config, model, tx, image_set.image_shape, jax.random.key(0))
@@ -347,7 +347,7 @@ def test_run_with_moving_average_validates_and_keeps_the_average(tmp_path, synth
   train.train_and_evaluate(tiny_config(num_steps=60, ema_decay=0.99), workdir)  # resumes the average too
   manager = checkpoints.Manager(workdir, 'oneshot/accuracy')
   model = models.build(config.model)
-  template = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(0))
+  template = train.init_state(config, model, train.make_optimizer(config), (16, 16, 1), jax.random.key(0))
   state, _ = manager.restore(template, 60)
   assert int(state.step) == 60
   params = manager.restore_params(60)  # what evaluate/compare load: the average
@@ -360,7 +360,7 @@ def test_run_with_moving_average_validates_and_keeps_the_average(tmp_path, synth
 def test_restore_params_reads_the_parameters_without_a_template(tmp_path):
   config = tiny_config()
   model = models.build(config.model)
-  state = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(3))
+  state = train.init_state(config, model, train.make_optimizer(config), (16, 16, 1), jax.random.key(3))
   manager = checkpoints.Manager(str(tmp_path), 'oneshot/accuracy')
   manager.save(7, state, {'oneshot/accuracy': 0.5}, [{'step': 7, 'oneshot/accuracy': 0.5}])
   manager.wait()
@@ -373,7 +373,7 @@ def test_checkpoints_written_with_the_standard_handler_still_restore(tmp_path):
   """Workdirs saved before the state moved to Orbax's PyTree handler (same files) resume and load."""
   config = tiny_config()
   model = models.build(config.model)
-  state = train.init_state(config, model, train.make_optimizer(config.optimizer), (16, 16, 1), jax.random.key(5))
+  state = train.init_state(config, model, train.make_optimizer(config), (16, 16, 1), jax.random.key(5))
   history = [{'step': 3, 'oneshot/accuracy': 0.25}]
   with ocp.CheckpointManager(tmp_path / 'checkpoints', options=ocp.CheckpointManagerOptions(create=True),
                              item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -411,20 +411,34 @@ def cosine_config(**train_overrides):
 
 
 def test_cosine_decay_follows_steps_or_time_whichever_is_further_along():
-  optimizer = cosine_config().optimizer
-  rate = optimizer.learning_rate
-  assert train.learning_rate_schedule(optimizer)(50) == pytest.approx(rate / 2)
-  assert train.learning_rate_schedule(optimizer, 0.25)(50) == pytest.approx(rate / 2)  # the steps lead
-  assert train.learning_rate_schedule(optimizer, 0.75)(50) == pytest.approx(rate * (1 + np.cos(0.75 * np.pi)) / 2)
-  assert train.learning_rate_schedule(optimizer, 1.5)(0) == pytest.approx(0.0)
-  assert train.learning_rate_schedule(optimizer)(150) == pytest.approx(0.0)
+  config = cosine_config()
+  rate = config.optimizer.learning_rate
+  assert train.learning_rate_schedule(config)(50) == pytest.approx(rate / 2)
+  assert train.learning_rate_schedule(config, 0.25)(50) == pytest.approx(rate / 2)  # the steps lead
+  assert train.learning_rate_schedule(config, 0.75)(50) == pytest.approx(rate * (1 + np.cos(0.75 * np.pi)) / 2)
+  assert train.learning_rate_schedule(config, 1.5)(0) == pytest.approx(0.0)
+  assert train.learning_rate_schedule(config)(150) == pytest.approx(0.0)
+
+
+def test_decay_steps_0_ends_the_cosine_with_the_run():
+  config = cosine_config(num_steps=300)
+  config.optimizer.decay_steps = 0
+  config_schema.validate(config)
+  rate = config.optimizer.learning_rate
+  assert train.learning_rate_schedule(config)(150) == pytest.approx(rate / 2)
+  assert train.learning_rate_schedule(config)(300) == pytest.approx(0.0)
+  config.train.num_steps = 600  # as --config.train.num_steps=600 would: the decay follows
+  assert train.learning_rate_schedule(config)(300) == pytest.approx(rate / 2)
+  config.optimizer.decay_steps = -1
+  with pytest.raises(UserError, match='optimizer.decay_steps=-1'):
+    config_schema.validate(config)
 
 
 def test_cosine_optimizer_is_adam_on_the_cosine_schedule_and_reads_the_time_progress():
   import optax  # pylint: disable=import-outside-toplevel
   config = cosine_config()
   model = models.build(config.model)
-  tx = train.make_optimizer(config.optimizer)
+  tx = train.make_optimizer(config)
   state = train.init_state(config, model, tx, (16, 16, 1), jax.random.key(0))
   reference = optax.adam(optax.cosine_decay_schedule(config.optimizer.learning_rate, 100))
   ours, theirs = state.opt_state, reference.init(state.params)
