@@ -61,8 +61,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def decay_steps(config) -> int:
-  """`optimizer.decay_steps`, where 0 means a cosine that ends with the run (`train.num_steps`): a run made
-  longer or shorter on the command line then still ends its decay at its last step."""
+  """`optimizer.decay_steps`, where 0 means `train.num_steps`: a cosine then ends with the run, however
+  much longer or shorter the command line makes it."""
   return config.optimizer.decay_steps or config.train.num_steps
 
 
